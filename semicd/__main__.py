@@ -1,0 +1,5 @@
+import sys
+
+from semicd.cli import main
+
+sys.exit(main())

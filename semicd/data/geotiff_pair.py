@@ -1,0 +1,465 @@
+"""Training windows read straight from a user's co-registered before/after GeoTIFF pair.
+
+No tiling step on disk: a grid of `window`-pixel windows (optional `stride`) is laid over the scene, windows
+with too little valid data (the AND of both dates' `read_masks`) are dropped, and each remaining window is
+assigned to the labeled, unlabeled or val area, either by area polygons (a window belongs to an area when its
+centre falls inside it) or by a seeded random split of the grid. Change labels come from a label raster on the
+same grid (0/255 or 0/1) or from a vector file of change polygons, rasterised per window with that window's
+transform.
+
+Pixels: `bands` (1-based, default 1,2,3) are read. uint8 rasters are used as they are; anything else (uint16
+surface reflectance, float) is mapped to uint8 by a per-scene, per-band linear stretch between the 2nd and
+98th percentiles of the valid pixels, computed once on a decimated overview read (long side <= 1024 px). Each
+date is stretched with its own percentiles, which also absorbs part of the radiometric difference between
+dates.
+
+Nodata pixels inside a kept window get label 255 and ignore 255, so no loss ever sees them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import shapely
+import torch
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.features import rasterize
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform_of
+from torch.utils.data import Dataset
+
+from semiseg.data.geometry import IGNORE_INDEX, GeometryConfig, random_geometry
+from semiseg.errors import SemisegError
+
+from .tiles import MODES, cd_geometry, label_to_binary, repeat_to_length
+
+AREAS = ("labeled", "unlabeled", "val")
+TRANSFORM_TOLERANCE_PX = 1e-3
+STRETCH_PERCENTILES = (2.0, 98.0)
+OVERVIEW_MAX_SIDE = 1024
+MASK_MAX_SIDE = 4096
+
+# (col_off, row_off, width, height) in pixels of the before raster.
+WindowBox = tuple[int, int, int, int]
+
+
+def open_raster(path: str | Path, what: str) -> rasterio.DatasetReader:
+    """Open a raster or raise a user error naming `what` (e.g. 'before image')."""
+    path = Path(path)
+    if not path.is_file():
+        raise SemisegError(f"{what} {path} does not exist: check the path")
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as err:
+        raise SemisegError(f"{what} {path} is not a readable raster ({err}): give a GeoTIFF") from err
+
+
+def apply_affine(t: Affine, x: float, y: float) -> tuple[float, float]:
+    """`t * (x, y)` written out: affine deprecates `*` for `@`, which older releases lack."""
+    return t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f
+
+
+def transform_offset_px(a: Affine, b: Affine, width: int, height: int) -> float:
+    """How far apart, in pixels of `a`, the two grids put the corners of a `width` x `height` raster."""
+    inverse_a = ~a
+    worst = 0.0
+    for col, row in ((0, 0), (width, 0), (0, height), (width, height)):
+        c, r = apply_affine(inverse_a, *apply_affine(b, col, row))
+        worst = max(worst, abs(c - col), abs(r - row))
+    return worst
+
+
+def _grid_differences(a: rasterio.DatasetReader, b: rasterio.DatasetReader, bands: bool) -> list[str]:
+    differences = []
+    if a.crs != b.crs:
+        differences.append(f"CRS ({a.crs} vs {b.crs})")
+    if (a.height, a.width) != (b.height, b.width):
+        differences.append(f"shape ({a.width}x{a.height} vs {b.width}x{b.height} px)")
+    offset = transform_offset_px(a.transform, b.transform, a.width, a.height)
+    if offset > TRANSFORM_TOLERANCE_PX:
+        differences.append(f"transform (grids {offset:.3g} px apart)")
+    if bands and a.count != b.count:
+        differences.append(f"band count ({a.count} vs {b.count})")
+    return differences
+
+
+def check_raster_pair(before: str | Path, after: str | Path, label: str | Path | None = None) -> None:
+    """Refuse a pair (and label raster) that is not on one pixel grid, before any work is done."""
+    with open_raster(before, "before image") as a, open_raster(after, "after image") as b:
+        differences = _grid_differences(a, b, bands=True)
+        if differences:
+            raise SemisegError(
+                f"{before} and {after} differ in {', '.join(differences)}: reproject B onto A's grid first "
+                f"(e.g. gdalwarp with A's CRS, extent and size, or `semicd predict --align reproject`)"
+            )
+        if label is not None:
+            with open_raster(label, "label raster") as lab:
+                differences = _grid_differences(a, lab, bands=False)
+                if differences:
+                    raise SemisegError(
+                        f"label raster {label} differs from {before} in {', '.join(differences)}: "
+                        f"rasterise or reproject the label onto the before image's grid"
+                    )
+
+
+def _check_bands(src: rasterio.DatasetReader, bands: Sequence[int], path: str | Path) -> None:
+    bad = [b for b in bands if not 1 <= b <= src.count]
+    if bad:
+        raise SemisegError(
+            f"{path} has {src.count} band(s) but bands {tuple(bands)} were asked for: pick 1-based band "
+            f"numbers that exist (e.g. bands=(1, 1, 1) for a single-band scene)"
+        )
+
+
+def stretch_params(
+    src: rasterio.DatasetReader, bands: Sequence[int], percentiles: tuple[float, float] = STRETCH_PERCENTILES
+) -> np.ndarray | None:
+    """Per-band (low, high) of a non-uint8 scene from a decimated read of its valid pixels; None if uint8."""
+    if all(src.dtypes[b - 1] == "uint8" for b in bands):
+        return None
+    factor = max(1, math.ceil(max(src.height, src.width) / OVERVIEW_MAX_SIDE))
+    shape = (len(bands), math.ceil(src.height / factor), math.ceil(src.width / factor))
+    data = src.read(list(bands), out_shape=shape, masked=True, resampling=Resampling.nearest)
+    params = []
+    for band, values in zip(bands, data):
+        valid = values.compressed()
+        if valid.size == 0:
+            raise SemisegError(f"{src.name} band {band} has no valid pixels: check its nodata value")
+        low, high = np.percentile(valid, percentiles)
+        params.append((float(low), float(max(high, low + 1e-6))))
+    return np.asarray(params, dtype=np.float64)
+
+
+def to_uint8(array: np.ndarray, params: np.ndarray | None) -> np.ndarray:
+    """bands x H x W -> H x W x bands uint8, stretching linearly between each band's (low, high)."""
+    if params is not None:
+        low, high = params[:, 0, None, None], params[:, 1, None, None]
+        array = np.clip((array.astype(np.float64) - low) / (high - low) * 255.0 + 0.5, 0, 255)
+    return np.ascontiguousarray(array.astype(np.uint8).transpose(1, 2, 0))
+
+
+def _starts(size: int, window: int, stride: int) -> list[int]:
+    if size <= window:
+        return [0]
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)  # the last window is clamped inside the raster
+    return starts
+
+
+def window_grid(height: int, width: int, window: int, stride: int | None = None) -> list[WindowBox]:
+    """Row-major window grid; the last row/column is clamped inside; a raster under one window gives one."""
+    stride = stride or window
+    if window <= 0 or stride <= 0:
+        raise SemisegError(f"window ({window}) and stride ({stride}) must be positive pixel counts")
+    h, w = min(window, height), min(window, width)
+    return [(c, r, w, h) for r in _starts(height, window, stride) for c in _starts(width, window, stride)]
+
+
+def valid_fractions(
+    before: str | Path, after: str | Path, boxes: Sequence[WindowBox], bands: Sequence[int] = (1, 2, 3)
+) -> np.ndarray:
+    """Fraction of each window valid in both dates, from one decimated mask read (exact below 4096 px)."""
+    with open_raster(before, "before image") as a, open_raster(after, "after image") as b:
+        factor = max(1, math.ceil(max(a.height, a.width) / MASK_MAX_SIDE))
+        shape = (len(bands), math.ceil(a.height / factor), math.ceil(a.width / factor))
+        valid = np.ones(shape[1:], dtype=bool)
+        for src in (a, b):
+            masks = src.read_masks(list(bands), out_shape=shape, resampling=Resampling.nearest)
+            valid &= (masks > 0).all(axis=0)
+    fractions = np.empty(len(boxes), dtype=np.float64)
+    for i, (c, r, w, h) in enumerate(boxes):
+        part = valid[r // factor : math.ceil((r + h) / factor), c // factor : math.ceil((c + w) / factor)]
+        fractions[i] = part.mean() if part.size else 0.0
+    return fractions
+
+
+def read_vector(path: str | Path, raster_crs, what: str) -> list:
+    """The non-empty geometries of a vector file, reprojected to `raster_crs` with a warning when needed."""
+    import geopandas  # heavy import, only needed for vector inputs
+
+    path = Path(path)
+    if not path.exists():
+        raise SemisegError(f"{what} {path} does not exist: check the path")
+    try:
+        frame = geopandas.read_file(path)
+    except Exception as err:  # pyogrio/fiona raise many types for unreadable files
+        raise SemisegError(f"{what} {path} is not a readable vector file ({err})") from err
+    if frame.crs is None:
+        warnings.warn(f"{what} {path} has no CRS: assuming the raster's ({raster_crs})", stacklevel=2)
+    elif raster_crs is not None and frame.crs != raster_crs:
+        warnings.warn(
+            f"{what} {path} is in {frame.crs}: reprojecting it to the raster's {raster_crs}", stacklevel=2
+        )
+        frame = frame.to_crs(raster_crs)
+    return [g for g in frame.geometry if g is not None and not g.is_empty]
+
+
+def _window_centres(transform: Affine, boxes: Sequence[WindowBox]) -> tuple[np.ndarray, np.ndarray]:
+    cols = np.array([c + w / 2 for c, _, w, _ in boxes], dtype=np.float64)
+    rows = np.array([r + h / 2 for _, r, _, h in boxes], dtype=np.float64)
+    return apply_affine(transform, cols, rows)
+
+
+def assign_windows(
+    boxes: Sequence[WindowBox],
+    transform: Affine,
+    crs=None,
+    areas: Mapping[str, str | Path] | None = None,
+    fractions: Mapping[str, float] | None = None,
+    seed: int = 0,
+) -> dict[str, list[int]]:
+    """{'labeled'|'unlabeled'|'val': window indices}, from area polygons or a seeded random split.
+
+    Area polygons: a window belongs to an area when its centre is inside; overlaps go to val, then labeled,
+    then unlabeled; without an 'unlabeled' file every window outside the other areas is unlabeled. Random
+    split: `fractions` (default labeled 0.1, val 0.1) of the shuffled windows, floor(f * N) each, the rest
+    unlabeled; use stride = window then, or overlapping windows leak val pixels into training.
+    """
+    n = len(boxes)
+    taken = np.zeros(n, dtype=bool)
+    result: dict[str, list[int]] = {}
+    if areas is not None:
+        unknown = set(areas) - set(AREAS)
+        if unknown:
+            raise SemisegError(f"unknown area name(s) {sorted(unknown)}: use {', '.join(AREAS)}")
+        xs, ys = _window_centres(transform, boxes)
+        for name in ("val", "labeled", "unlabeled"):
+            if name not in areas:
+                continue
+            geometries = read_vector(areas[name], crs, f"{name} area file")
+            inside = (
+                shapely.contains_xy(shapely.union_all(geometries), xs, ys)
+                if geometries
+                else np.zeros(n, bool)
+            )
+            chosen = inside & ~taken
+            result[name] = np.flatnonzero(chosen).tolist()
+            taken |= chosen
+        if "unlabeled" not in areas:
+            result["unlabeled"] = np.flatnonzero(~taken).tolist()
+        return {name: result.get(name, []) for name in AREAS}
+    fractions = dict(fractions) if fractions is not None else {"labeled": 0.1, "val": 0.1}
+    unknown = set(fractions) - {"labeled", "val"}
+    if unknown or sum(fractions.values()) > 1 or min(fractions.values(), default=0) < 0:
+        raise SemisegError(
+            f"bad window fractions {fractions}: give labeled/val fractions in [0, 1] summing <= 1"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    start = 0
+    for name in ("labeled", "val"):
+        count = math.floor(fractions.get(name, 0.0) * n + 1e-9)
+        result[name] = sorted(order[start : start + count].tolist())
+        start += count
+    result["unlabeled"] = sorted(order[start:].tolist())
+    return {name: result[name] for name in AREAS}
+
+
+class GeoTiffPairDataset(Dataset):
+    """Windows of a before/after GeoTIFF pair as the shared sample dict (see the module docstring).
+
+    `boxes` are (col_off, row_off, width, height) windows of the before raster. Labels (modes train_l and val)
+    come from `label` (a raster on the pair's grid) or `change_polygons` (a vector file). Raster handles are
+    opened lazily in whichever process reads, so the dataset pickles to DataLoader workers without open files.
+    """
+
+    def __init__(
+        self,
+        before: str | Path,
+        after: str | Path,
+        boxes: Sequence[WindowBox],
+        mode: str,
+        *,
+        label: str | Path | None = None,
+        change_polygons: str | Path | None = None,
+        bands: Sequence[int] = (1, 2, 3),
+        geometry: GeometryConfig | None = None,
+        nsample: int | None = None,
+        seed: int = 0,
+        check: bool = True,
+    ) -> None:
+        if mode not in MODES:
+            raise SemisegError(f"unknown GeoTIFF dataset mode {mode!r}: use one of {', '.join(MODES)}")
+        if mode != "train_u" and label is None and change_polygons is None:
+            raise SemisegError(
+                f"mode {mode} needs change labels: give a label raster or a change-polygon file"
+            )
+        if label is not None and change_polygons is not None:
+            raise SemisegError("give either a label raster or change polygons, not both")
+        if check:
+            check_raster_pair(before, after, label if mode != "train_u" else None)
+        self.before, self.after = Path(before), Path(after)
+        self.label = Path(label) if label is not None and mode != "train_u" else None
+        self.mode = mode
+        self.bands = tuple(int(b) for b in bands)
+        self.geometry = geometry if geometry is not None else cd_geometry()
+        self.seed = seed
+        self.epoch = 0
+        with open_raster(before, "before image") as a, open_raster(after, "after image") as b:
+            _check_bands(a, self.bands, before)
+            _check_bands(b, self.bands, after)
+            self.transform, self.crs = a.transform, a.crs
+            self.stretch = (stretch_params(a, self.bands), stretch_params(b, self.bands))
+        self.boxes = [tuple(int(v) for v in box) for box in repeat_to_length(list(boxes), nsample)]
+        if not self.boxes:
+            raise SemisegError(f"no windows for the {mode} set of {before}: check the areas and min_valid")
+        self.geometries = None
+        if change_polygons is not None and mode != "train_u":
+            self.geometries = read_vector(change_polygons, self.crs, "change-polygon file")
+        self._handles = None
+        self._tree = None
+        self._pid = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_handles=None, _tree=None, _pid=None)  # never ship open GDAL handles to workers
+        return state
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the random geometry between epochs when no DataLoader workers re-seed torch."""
+        self.epoch = epoch
+
+    def window(self, index: int) -> Window:
+        return Window(*self.boxes[index])
+
+    def window_transform(self, index: int) -> Affine:
+        """The affine transform of window `index` (its pixel (0, 0) corner in the raster CRS)."""
+        return window_transform_of(self.window(index), self.transform)
+
+    def close(self) -> None:
+        if self._handles is not None:
+            for handle in self._handles:
+                if handle is not None:
+                    handle.close()
+        self._handles = None
+
+    def _open(self) -> tuple:
+        if self._handles is None or self._pid != os.getpid():
+            # A handle inherited through fork is not ours to use: open fresh ones in this process.
+            self._handles = (
+                rasterio.open(self.before),
+                rasterio.open(self.after),
+                rasterio.open(self.label) if self.label is not None else None,
+            )
+            self._pid = os.getpid()
+        return self._handles
+
+    def _rasterised_label(self, index: int) -> np.ndarray:
+        _, _, w, h = self.boxes[index]
+        transform = self.window_transform(index)
+        if self._tree is None:
+            self._tree = shapely.STRtree(self.geometries)
+        x0, y0 = apply_affine(transform, 0, 0)
+        x1, y1 = apply_affine(transform, w, h)
+        hits = self._tree.query(shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+        shapes = [(self.geometries[i], 1) for i in hits]
+        if not shapes:
+            return np.zeros((h, w), dtype=np.uint8)
+        return rasterize(shapes, out_shape=(h, w), transform=transform, fill=0, dtype="uint8")
+
+    def _read_label(self, index: int, handle) -> np.ndarray:
+        if handle is None:
+            return self._rasterised_label(index)
+        return label_to_binary(
+            handle.read(1, window=self.window(index)), f"{self.label} window {self.boxes[index]}"
+        )
+
+    def rng(self, index: int) -> np.random.Generator:
+        mode = MODES.index(self.mode)
+        return np.random.default_rng([self.seed, mode, index, self.epoch])
+
+    def __getitem__(self, index: int) -> dict:
+        before, after, label_handle = self._open()
+        win = self.window(index)
+        bands = list(self.bands)
+        image_a = to_uint8(before.read(bands, window=win), self.stretch[0])
+        image_b = to_uint8(after.read(bands, window=win), self.stretch[1])
+        valid = (before.read_masks(bands, window=win) > 0).all(0) & (
+            after.read_masks(bands, window=win) > 0
+        ).all(0)
+        label = self._read_label(index, label_handle) if self.mode != "train_u" else None
+        if self.mode == "val":
+            images = [image_a, image_b]
+            ignore = np.zeros(valid.shape, dtype=np.uint8)
+        else:
+            # The validity mask rides along as a third "image" so it gets exactly the pair's geometry.
+            crops, label, ignore = random_geometry(
+                [image_a, image_b, valid.astype(np.uint8) * 255], label, self.geometry, self.rng(index)
+            )
+            images, valid = crops[:2], crops[2] >= 128
+        if label is None:
+            label = np.full(valid.shape, IGNORE_INDEX, dtype=np.uint8)
+        label = np.where(valid, label, IGNORE_INDEX)
+        ignore = np.where(valid, ignore, IGNORE_INDEX).astype(np.uint8)
+        col, row = self.boxes[index][:2]
+        return {
+            "images": tuple(torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))) for im in images),
+            "label": torch.from_numpy(label.astype(np.int64)),
+            "ignore": torch.from_numpy(ignore),
+            "name": f"{self.before.stem}_r{row}_c{col}",
+        }
+
+
+def build_geotiff_pair_datasets(
+    before: str | Path,
+    after: str | Path,
+    *,
+    label: str | Path | None = None,
+    change_polygons: str | Path | None = None,
+    window: int = 256,
+    stride: int | None = None,
+    areas: Mapping[str, str | Path] | None = None,
+    fractions: Mapping[str, float] | None = None,
+    min_valid: float = 0.5,
+    bands: Sequence[int] = (1, 2, 3),
+    crop_size: int = 252,
+    geometry: GeometryConfig | None = None,
+    seed: int = 0,
+) -> tuple[GeoTiffPairDataset, GeoTiffPairDataset | None, GeoTiffPairDataset | None]:
+    """(labeled, unlabeled, val) window datasets of one scene; the labeled windows repeat to the unlabeled
+    count.
+
+    Windows valid in both dates for less than `min_valid` of their pixels are skipped. Sets that end up empty
+    (e.g. no unlabeled area) are None, except labeled, which is an error.
+    """
+    check_raster_pair(before, after, label)
+    with open_raster(before, "before image") as a:
+        height, width, transform, crs = a.height, a.width, a.transform, a.crs
+        _check_bands(a, bands, before)
+    boxes = window_grid(height, width, window, stride)
+    keep = valid_fractions(before, after, boxes, bands) >= min_valid
+    boxes = [box for box, ok in zip(boxes, keep) if ok]
+    if not boxes:
+        raise SemisegError(
+            f"no window of {before} is at least {min_valid:.0%} valid in both dates: check nodata"
+        )
+    assigned = assign_windows(boxes, transform, crs, areas, fractions, seed)
+    if not assigned["labeled"]:
+        raise SemisegError("no labeled windows: enlarge the labeled area or the labeled fraction")
+    geometry = geometry if geometry is not None else cd_geometry(crop_size)
+    common = dict(
+        label=label, change_polygons=change_polygons, bands=bands, geometry=geometry, seed=seed, check=False
+    )
+    unlabeled = [boxes[i] for i in assigned["unlabeled"]]
+    val = [boxes[i] for i in assigned["val"]]
+    labeled_ds = GeoTiffPairDataset(
+        before,
+        after,
+        [boxes[i] for i in assigned["labeled"]],
+        "train_l",
+        nsample=len(unlabeled) or None,
+        **common,
+    )
+    unlabeled_ds = GeoTiffPairDataset(before, after, unlabeled, "train_u", **common) if unlabeled else None
+    val_ds = GeoTiffPairDataset(before, after, val, "val", **common) if val else None
+    return labeled_ds, unlabeled_ds, val_ds

@@ -1,0 +1,96 @@
+"""SemiCD labeled/unlabeled splits for change-detection tiles.
+
+The SemiCD rule (also used by UniMatch V2's remote-sensing splits): shuffle the train list with seed 10 and
+take the first floor(p * N) names as labeled, the rest as unlabeled. Every percentage cuts the *same* shuffled
+order, so the splits are nested (the 5 % labeled set is inside the 10 % one, and so on).
+
+How we shuffle, exactly: the names are sorted (so that the result does not depend on directory listing order),
+then `random.Random(seed).shuffle(names)` (Python's Mersenne Twister; identical to `random.seed(seed);
+random.shuffle(names)`). Our lists are reproducible from the same train list, but we cannot promise they equal
+the files distributed with SemiCD: use those files when you have them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from semiseg.errors import SemisegError
+
+from .tiles import IMAGE_EXTENSIONS, read_name_list
+
+DEFAULT_PERCENTS = (5, 10, 20, 40)
+
+
+def write_lines_atomic(path: str | Path, lines: Iterable[str]) -> None:
+    """Write one line per item via a temporary file and a rename, so a crash never leaves half a list."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def semicd_splits(
+    names: Sequence[str], percents: Sequence[float] = DEFAULT_PERCENTS, seed: int = 10
+) -> dict[float, tuple[list[str], list[str]]]:
+    """{percent: (labeled, unlabeled)}: the first floor(percent/100 * N) names of one seeded shuffle are
+    labeled.
+
+    For LEVIR-CD's 7120 train tiles: 5 % -> 356, 10 % -> 712, 20 % -> 1424, 40 % -> 2848 labeled.
+    """
+    if not names:
+        raise SemisegError("cannot split an empty train list: check the train folder or list")
+    if len(set(names)) != len(names):
+        raise SemisegError("the train list has duplicate names: each tile must appear once")
+    order = sorted(names)
+    random.Random(seed).shuffle(order)
+    splits = {}
+    for p in percents:
+        if not 0 < p <= 100:
+            raise SemisegError(f"split percentage {p} is outside (0, 100]")
+        # The epsilon guards against p * N / 100 landing a hair below an exact integer in floating point.
+        count = math.floor(p * len(order) / 100 + 1e-9)
+        splits[p] = (order[:count], order[count:])
+    return splits
+
+
+def _train_names(root: Path) -> list[str]:
+    """The train tiles of a prepared dataset: `root/train.txt` (flat layout), else the files in train/A."""
+    if (root / "train.txt").is_file():
+        return read_name_list(root / "train.txt")
+    folder = root / "train" / "A"
+    if folder.is_dir():
+        names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if names:
+            return names
+    raise SemisegError(f"no train list in {root}: expected {root}/train.txt or images in {folder}")
+
+
+def _percent_dir(p: float) -> str:
+    return f"{p:g}%"
+
+
+def write_semicd_splits(
+    root: str | Path,
+    out_dir: str | Path,
+    names: Sequence[str] | None = None,
+    percents: Sequence[float] = DEFAULT_PERCENTS,
+    seed: int = 10,
+) -> dict[float, int]:
+    """Write `<out_dir>/<p>%/labeled.txt` and `unlabeled.txt` for each percentage; returns {p: labeled count}.
+
+    The train names come from `names`, else `root/train.txt`, else the files in `root/train/A`. Names are
+    written as given (the tile datasets accept them with or without extension).
+    """
+    names = list(names) if names is not None else _train_names(Path(root))
+    out = Path(out_dir)
+    counts = {}
+    for p, (labeled, unlabeled) in semicd_splits(names, percents, seed).items():
+        write_lines_atomic(out / _percent_dir(p) / "labeled.txt", labeled)
+        write_lines_atomic(out / _percent_dir(p) / "unlabeled.txt", unlabeled)
+        counts[p] = len(labeled)
+    return counts

@@ -1,0 +1,20 @@
+"""semiseg: the shared engine (models, methods, trainer) and semi-supervised semantic segmentation.
+
+Heavy imports (torch, timm) are deferred so `semiseg --help` and `import semiseg` stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["load_model", "SemisegError", "__version__"]
+
+from semiseg.errors import SemisegError
+
+
+def load_model(path: Any, task: str | None = None, which: str = "auto") -> Any:
+    """Load any checkpoint the toolkit knows (ours or official UniMatch V2); see `semiseg.models.loading`."""
+    from semiseg.models.loading import load_model as _load
+
+    return _load(path, task=task, which=which)

@@ -1,0 +1,5 @@
+import sys
+
+from semiseg.cli import main
+
+sys.exit(main())

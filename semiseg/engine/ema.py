@@ -1,0 +1,42 @@
+"""Exponential moving average of the student: the UniMatch V2 teacher."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+
+def ema_ratio(iteration: int, decay: float) -> float:
+    """α = min(1 - 1/(it + 1), decay): a plain running mean early on (the EMA starts as the student), then `decay`."""
+    return min(1.0 - 1.0 / (iteration + 1), decay)
+
+
+class EMA:
+    """Holds a frozen copy of the model and updates it in place: θ_ema = α·θ_ema + (1 - α)·θ."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.996) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, iteration: int) -> None:
+        alpha = ema_ratio(iteration, self.decay)
+        ema_params = [p for p in self.model.parameters()]
+        params = [p.detach() for p in model.parameters()]
+        torch._foreach_mul_(ema_params, alpha)
+        torch._foreach_add_(ema_params, params, alpha=1.0 - alpha)
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            if b_ema.dtype.is_floating_point:
+                b_ema.mul_(alpha).add_(b.detach(), alpha=1.0 - alpha)
+            else:
+                b_ema.copy_(b)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)

@@ -1,0 +1,76 @@
+"""What every method shares: the batch type, normalisation, the labeled loss, and teacher pseudo-labels.
+
+A method never looks at how many images a sample has: it hands the `images` tuple to the model and to the
+augmenter, so the same code trains a segmenter (one image) and a change detector (before, after).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from semiseg.augment import normalize
+from semiseg.config import Config
+from semiseg.methods.losses import cross_entropy, ohem_cross_entropy
+
+
+@dataclass
+class Batch:
+    images: tuple[torch.Tensor, ...]  # uint8 B x C x H x W, one per date
+    label: torch.Tensor  # B x H x W long, 255 = ignore
+    ignore: torch.Tensor  # B x H x W, 255 where padded
+
+    @classmethod
+    def from_loader(cls, sample: dict, device: torch.device) -> Batch:
+        return cls(
+            images=tuple(x.to(device, non_blocking=True) for x in sample["images"]),
+            label=sample["label"].to(device, non_blocking=True).long(),
+            ignore=sample["ignore"].to(device, non_blocking=True),
+        )
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Models:
+    """The networks a step may use. `teacher` is the EMA copy or the student itself (`teacher: student`)."""
+
+    student: nn.Module
+    teacher: nn.Module
+    raw_student: nn.Module  # without the DDP wrapper, for no-grad teacher passes
+
+
+class Method:
+    """Base class: `step(models, labeled, unlabeled) -> StepOutput`. Subclasses set the two flags below."""
+
+    needs_unlabeled = False
+    uses_ema = False
+
+    def __init__(self, cfg: Config, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.cfg = cfg
+        self.mean, self.std = mean, std
+
+    def norm(self, images: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return tuple(normalize(x, self.mean, self.std) for x in images)
+
+    def labeled_loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        m = self.cfg.method
+        if m.loss == "ohem":
+            return ohem_cross_entropy(logits, label, m.ohem_thresh, m.ohem_min_kept)
+        return cross_entropy(logits, label)
+
+    @torch.no_grad()
+    def pseudo_labels(self, teacher: nn.Module, images: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """(confidence, pseudo-label, probabilities) from the teacher on the weak view."""
+        probs = teacher(*self.norm(images)).float().softmax(1)
+        conf, plabel = probs.max(1)
+        return conf, plabel, probs
+
+    def step(self, models: Models, labeled: Batch, unlabeled: Batch | None) -> StepOutput:
+        raise NotImplementedError

@@ -1,0 +1,96 @@
+"""Segmentor = encoder -> fuse -> (complementary dropout) -> DPT head, for one image or a bi-temporal pair.
+
+The only thing that differs between segmentation and change detection is `fusion`: `identity` for one image,
+`absdiff` (|f_A - f_B| per tapped layer, encoder shared and run once on both dates stacked in the batch) for two.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from semiseg.errors import SemisegError
+from semiseg.models.dpt import DPTHead, head_spec
+from semiseg.models.encoder import PATCH_SIZE, Encoder
+
+FUSIONS = ("identity", "absdiff")
+
+
+def complementary_masks(
+    batch: int, channels: int, device: torch.device, keep_fraction: float = 0.5
+) -> torch.Tensor:
+    """Masks for complementary channel dropout over a batch of `batch` = 2 x B features (two stacked views).
+
+    m1 in {0, 2} per (image, channel) with p = 0.5 and m2 = 2 - m1, so the two views of an image see disjoint
+    channel halves (each rescaled by 2). For int(B * keep_fraction) random images both masks are 1 (no dropout).
+    Returns a (2B, C, 1, 1) tensor to broadcast over space and over all tapped layers.
+    """
+    if batch % 2:
+        raise ValueError(f"complementary dropout needs an even batch (two stacked views), got {batch}")
+    half = batch // 2
+    m1 = torch.randint(0, 2, (half, channels), device=device).float() * 2.0
+    m2 = 2.0 - m1
+    kept = torch.randperm(half, device=device)[: int(half * keep_fraction)]
+    m1[kept] = 1.0
+    m2[kept] = 1.0
+    return torch.cat([m1, m2])[:, :, None, None]
+
+
+class Segmentor(nn.Module):
+    """`forward(*images, comp_drop=False)` -> logits at input resolution.
+
+    Each image is B x C x H x W float (normalised), H and W multiples of 14. With `comp_drop=True` the batch must be
+    two stacked strong views (`cat(s1, s2)`), and complementary dropout is applied to the fused features.
+    """
+
+    def __init__(self, encoder_size: str, nclass: int, fusion: str = "identity") -> None:
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise SemisegError(f"unknown fusion {fusion!r}: choose one of {', '.join(FUSIONS)}")
+        if nclass < 1:
+            raise SemisegError(f"nclass must be positive, got {nclass}")
+        self.encoder_size = encoder_size
+        self.nclass = nclass
+        self.fusion = fusion
+        self.encoder = Encoder(encoder_size)
+        self.head = DPTHead(self.encoder.embed_dim, nclass, head_spec(encoder_size))
+
+    @property
+    def num_images(self) -> int:
+        return 2 if self.fusion == "absdiff" else 1
+
+    def features(self, *images: torch.Tensor) -> list[torch.Tensor]:
+        if len(images) != self.num_images:
+            raise SemisegError(
+                f"this model takes {self.num_images} image(s) per sample ({self.fusion} fusion), got {len(images)}"
+            )
+        h, w = images[0].shape[-2:]
+        if h % PATCH_SIZE or w % PATCH_SIZE:
+            raise SemisegError(f"input sides must be multiples of {PATCH_SIZE}, got {h}x{w}")
+        if self.fusion == "identity":
+            return self.encoder(images[0])
+        a, b = images
+        if a.shape != b.shape:
+            raise SemisegError(
+                f"before and after images differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}"
+            )
+        stacked = self.encoder(torch.cat([a, b]))
+        return [(f_a - f_b).abs() for f_a, f_b in (f.chunk(2) for f in stacked)]
+
+    def forward(self, *images: torch.Tensor, comp_drop: bool = False) -> torch.Tensor:
+        feats = self.features(*images)
+        if comp_drop:
+            mask = complementary_masks(feats[0].shape[0], feats[0].shape[1], feats[0].device).to(
+                feats[0].dtype
+            )
+            feats = [f * mask for f in feats]
+        logits = self.head(feats)
+        return F.interpolate(logits, size=images[0].shape[-2:], mode="bilinear", align_corners=True)
+
+    def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(encoder params, everything else): the two learning-rate groups of the official recipe."""
+        enc = [p for p in self.encoder.parameters() if p.requires_grad]
+        enc_ids = {id(p) for p in enc}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in enc_ids]
+        return enc, rest
