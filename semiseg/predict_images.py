@@ -104,6 +104,7 @@ def predict_folder(args: argparse.Namespace) -> int:
 
 def predict_scene_cli(args: argparse.Namespace, task: str) -> int:
     """Shared body of `semicd predict` and `semiseg predict --image`: check inputs, load, tile-and-predict."""
+    from semicd.geo.pair import open_scene
     from semicd.geo.predict import predict_raster
 
     sources = [args.before, args.after] if task == "change_detection" else [args.image]
@@ -125,8 +126,10 @@ def predict_scene_cli(args: argparse.Namespace, task: str) -> int:
         "checkpoint_sha256": model.meta["source_sha256"],
         "task": task,
     }
+    # nodata also shapes the percentile stretch of non-uint8 inputs, so it goes to the scene, not only the writer
+    scene = open_scene(sources, align=getattr(args, "align", "error"), bands=bands, nodata=args.nodata)
     summary = predict_raster(
-        sources,
+        scene,
         make_predictor(model, device, args.amp),
         args.out,
         window=args.window,
@@ -136,12 +139,9 @@ def predict_scene_cli(args: argparse.Namespace, task: str) -> int:
         probs_path=args.probs,
         polygons_path=args.polygons,
         threshold=getattr(args, "threshold", None),
-        nodata=args.nodata,
         tta=args.tta,
         progress=sys.stderr.isatty(),
         tags=tags,
-        align=getattr(args, "align", "error"),
-        bands=bands,
         num_classes=model.nclass,
         min_area_m2=args.min_area,
     )

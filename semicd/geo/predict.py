@@ -1,0 +1,332 @@
+"""Tile-and-predict a whole scene: read windows in workers, predict in batches, blend and stream rows to disk.
+
+The caller supplies `predictor(images) -> probabilities`: `images` is a tuple (one per date) of uint8 tensors
+B x C x h x w with values 0..255, and the result is B x K x h x w class probabilities. Normalisation, the
+device and the model are the caller's business, so this module works the same for change detection (two dates)
+and segmentation (one image), and tests can pass a toy function.
+
+Flow: `open_scene` checks the inputs; a `TileGrid` of overlapping windows is read by a DataLoader whose
+workers open their own rasterio handles; windows without any valid pixel are not predicted; probabilities are
+blended by `StripBlender`, and each strip of rows is decided (argmax or threshold), written, and forgotten as
+soon as no later window touches it. Outputs are published only when everything succeeded (see `writer.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import torch
+from rasterio.errors import RasterioError
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from semicd.geo.blend import StripBlender
+from semicd.geo.pair import RasterSource, Scene, close_source, open_scene, open_source, read_window
+from semicd.geo.vectorize import pixel_area_m2, polygon_driver, vectorize_classes
+from semicd.geo.windows import Tile, TileGrid, check_window, make_grid
+from semicd.geo.writer import (
+    NODATA,
+    StreamingGeoTiff,
+    check_output_path,
+    class_colormap,
+    remove_quietly,
+    temp_path_for,
+)
+from semiseg.errors import SemisegError
+
+Predictor = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
+PROB_SCALE = 254.0
+
+
+class WindowDataset(Dataset):
+    """Windows of a scene as (images tuple of C x s x s uint8 tensors, s x s bool validity, window index).
+
+    Holds only plain descriptions of the sources; each process (main or worker) opens its own handles on first
+    use, because rasterio/GDAL handles can neither be pickled nor shared across a fork safely.
+    """
+
+    def __init__(self, sources: Sequence[RasterSource], tiles: Sequence[Tile]) -> None:
+        self.sources = tuple(sources)
+        self.tiles = list(tiles)
+        self._handles = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"] = None
+        return state
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, index: int):
+        if self._handles is None:
+            self._handles = [open_source(s) for s in self.sources]
+        tile = self.tiles[index]
+        images, valid = [], None
+        for source, handle in zip(self.sources, self._handles):
+            try:
+                image, ok = read_window(handle, source, tile.row, tile.col, tile.size, tile.size)
+            except (RasterioError, OSError) as exc:  # GDAL errors mid-file: a damaged input
+                raise SemisegError(
+                    f"reading {source.path} failed near row {tile.row}, col {tile.col}: {exc}"
+                ) from exc
+            images.append(torch.from_numpy(image))
+            valid = ok if valid is None else valid & ok
+        return tuple(images), torch.from_numpy(valid), index
+
+    def close(self) -> None:
+        for h in self._handles or []:
+            close_source(h)
+        self._handles = None
+
+
+def decide(probs: np.ndarray, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Class map and score map from K x h x w probabilities.
+
+    One channel: a change probability, thresholded (0.5 by default). Two classes with a threshold: class 1
+    where its probability reaches it. Otherwise argmax. The score is the change probability for 1-2 classes
+    and the winning class's probability for more.
+    """
+    k = probs.shape[0]
+    if k == 1 or (k == 2 and threshold is not None):
+        p = probs[-1]
+        t = 0.5 if threshold is None else threshold
+        return (p >= t).astype(np.uint8), p
+    if threshold is not None:
+        raise SemisegError(f"--threshold only applies to change (2-class) models; this one has {k} classes")
+    return probs.argmax(0).astype(np.uint8), (probs[1] if k == 2 else probs.max(0))
+
+
+def run_predictor(predictor: Predictor, images: tuple[torch.Tensor, ...], tta: bool) -> np.ndarray:
+    """Probabilities (B x K x h x w float32 numpy) of a batch; with TTA averaged with the horizontal flip."""
+    probs = _checked(predictor(images), images[0])
+    if tta:
+        flipped = _checked(predictor(tuple(x.flip(-1) for x in images)), images[0]).flip(-1)
+        probs = (probs + flipped) / 2
+    return probs.detach().float().cpu().numpy()
+
+
+def _checked(probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    b, _, h, w = image.shape
+    if probs.ndim != 4 or probs.shape[0] != b or tuple(probs.shape[2:]) != (h, w):
+        raise ValueError(f"predictor returned shape {tuple(probs.shape)} for input {tuple(image.shape)}")
+    return probs
+
+
+def _check_outputs(scene: Scene, outputs: Sequence[Path]) -> None:
+    """Outputs must be distinct writable files and must not overwrite an input."""
+    inputs = {os.path.abspath(s.path) for s in scene.sources}
+    seen = set()
+    for p in outputs:
+        a = os.path.abspath(p)
+        if a in inputs:
+            raise SemisegError(f"output {p} is also an input; choose another output name")
+        if a in seen:
+            raise SemisegError(
+                f"output {p} is given twice; use distinct names for --out, --probs, --polygons"
+            )
+        seen.add(a)
+
+
+class _Stats:
+    """Running pixel counts per class over the written rows."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(256, dtype=np.int64)
+
+    def add(self, classes: np.ndarray) -> None:
+        self.counts += np.bincount(classes.ravel(), minlength=256)
+
+
+def predict_raster(
+    sources: Scene | Sequence[str | os.PathLike],
+    predictor: Predictor,
+    out_path: str | os.PathLike,
+    *,
+    window: int = 504,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    num_workers: int = 2,
+    probs_path: str | os.PathLike | None = None,
+    polygons_path: str | os.PathLike | None = None,
+    threshold: float | None = None,
+    nodata: float | None = None,
+    tta: bool = False,
+    progress: bool = True,
+    tags: Mapping[str, object] | None = None,
+    align: str = "error",
+    bands: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    background: int | None = 0,
+    sieve_pixels: int = 4,
+    min_area_m2: float = 0.0,
+) -> dict:
+    """Predict a scene window by window and write the class map (and optionally probabilities and polygons).
+
+    `sources` is a `Scene` from `open_pair`/`open_single`, or paths opened here with `align` and `bands`.
+    `threshold` (2-class models) picks class 1 where its probability reaches it, else argmax is used.
+    `nodata` overrides the inputs' masks. `tags` (e.g. classes, checkpoint hash) are written into the rasters,
+    with the window, overlap, threshold and TTA added. `num_classes` is only needed to colour a map when no
+    pixel was valid. Returns a summary: changed (non-zero class) area in m² and % of the valid area, pixel
+    counts per class, seconds and megapixels per second.
+    """
+    check_window(window, overlap)
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise SemisegError(f"--threshold {threshold} must be between 0 and 1")
+    outputs = [check_output_path(out_path, "output")]
+    if probs_path is not None:
+        outputs.append(check_output_path(probs_path, "probability output"))
+    if polygons_path is not None:
+        polygon_driver(polygons_path)
+        outputs.append(check_output_path(polygons_path, "polygon output"))
+    scene = sources if isinstance(sources, Scene) else open_scene(list(sources), align=align, bands=bands)
+    scene = scene.with_nodata(nodata)
+    _check_outputs(scene, outputs)
+    grid = make_grid(scene.height, scene.width, window, overlap)
+    run_tags = {"window": window, "overlap": overlap, "threshold": threshold or "argmax", "tta": tta}
+    run_tags.update(tags or {})
+
+    start = time.perf_counter()
+    polygons_tmp = temp_path_for(polygons_path) if polygons_path is not None else None
+    try:
+        with ExitStack() as stack:
+            geo = dict(width=scene.width, height=scene.height, crs=scene.crs, transform=scene.transform)
+            class_out = stack.enter_context(StreamingGeoTiff(out_path, tags=run_tags, **geo))
+            probs_out = None
+            if probs_path is not None or polygons_path is not None:
+                target = probs_path if probs_path is not None else temp_path_for(out_path, ".probs.tif")
+                probs_out = stack.enter_context(StreamingGeoTiff(target, tags=run_tags, **geo))
+            stats, k = _stream(
+                scene,
+                grid,
+                predictor,
+                class_out,
+                probs_out,
+                threshold,
+                tta,
+                batch_size,
+                num_workers,
+                progress,
+            )
+            k = k or num_classes or 2
+            class_file = class_out.finish(class_colormap(k), {"classes": run_tags.get("classes", k)})
+            probs_file = None
+            if probs_out is not None:
+                what = "change-class probability" if k <= 2 else "winning-class probability"
+                probs_file = probs_out.finish(None, {"values": f"{what} x 254, 255 = nodata"})
+            n_polygons = None
+            if polygons_path is not None:
+                n_polygons = vectorize_classes(
+                    class_file,
+                    polygons_tmp,
+                    driver=polygon_driver(polygons_path),
+                    probs_path=probs_file,
+                    background=background,
+                    sieve_pixels=sieve_pixels,
+                    min_area_m2=min_area_m2,
+                    layer=Path(polygons_path).stem,
+                )
+            if polygons_path is not None:
+                os.replace(polygons_tmp, polygons_path)
+            if probs_path is not None:
+                probs_out.publish()
+            class_out.publish()
+    finally:
+        if polygons_tmp is not None:
+            remove_quietly([polygons_tmp])
+    seconds = time.perf_counter() - start
+    return _summary(scene, grid, stats, k, seconds, out_path, probs_path, polygons_path, n_polygons)
+
+
+def _stream(
+    scene, grid: TileGrid, predictor, class_out, probs_out, threshold, tta, batch_size, num_workers, progress
+) -> tuple[_Stats, int | None]:
+    """The streaming loop: read, predict, blend, and write each strip of rows once it is final."""
+    dataset = WindowDataset(scene.sources, grid.tiles)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )
+    blender = StripBlender(grid)
+    stats = _Stats()
+    strip = 0
+    done_px = 0
+    start = time.perf_counter()
+    bar = tqdm(total=len(grid), unit="win", desc="predict", disable=not progress or not sys.stderr.isatty())
+
+    def write(until_row: int) -> None:
+        row, probs, valid = blender.flush(until_row)
+        classes = np.full(valid.shape, NODATA, dtype=np.uint8)
+        score = np.full(valid.shape, NODATA, dtype=np.uint8)
+        if probs is not None:
+            decided, p = decide(probs, threshold)
+            classes[valid] = decided[valid]
+            score[valid] = np.clip(np.rint(p[valid] * PROB_SCALE), 0, PROB_SCALE).astype(np.uint8)
+        class_out.write_rows(row, classes)
+        if probs_out is not None:
+            probs_out.write_rows(row, score)
+        stats.add(classes)
+
+    try:
+        for images, valid, indices in loader:
+            has_data = valid.flatten(1).any(1)
+            keep = torch.nonzero(has_data).flatten()
+            probs = run_predictor(predictor, tuple(x[keep] for x in images), tta) if len(keep) else None
+            slot = {b: j for j, b in enumerate(keep.tolist())}  # batch position -> row of `probs`
+            for b, index in enumerate(indices.tolist()):
+                tile = dataset.tiles[index]
+                if tile.row_index != strip:
+                    write(grid.row_starts[tile.row_index])
+                    strip = tile.row_index
+                blender.add(tile, probs[slot[b]] if b in slot else None, valid[b].numpy())
+                done_px += min(tile.size, grid.height - tile.row) * min(tile.size, grid.width - tile.col)
+            bar.update(len(indices))
+            bar.set_postfix_str(f"{done_px / 1e6 / max(time.perf_counter() - start, 1e-9):.2f} MP/s")
+        write(grid.height)
+    finally:
+        bar.close()
+        dataset.close()
+    k = None if blender.acc is None else int(blender.acc.shape[0])
+    return stats, k
+
+
+def _summary(scene, grid, stats: _Stats, k, seconds, out_path, probs_path, polygons_path, n_polygons) -> dict:
+    counts = {c: int(n) for c, n in enumerate(stats.counts[:NODATA]) if n}
+    valid = int(stats.counts[:NODATA].sum())
+    changed = valid - int(stats.counts[0])
+    if valid == 0:
+        warnings.warn(
+            "no valid pixel in the input (all nodata, or the dates' masks never overlap): the output is all "
+            "nodata; check the inputs or pass --nodata",
+            stacklevel=3,
+        )
+    px_area = pixel_area_m2(scene.crs, scene.transform, scene.height, scene.width)
+    return {
+        "out": str(out_path),
+        "probs": None if probs_path is None else str(probs_path),
+        "polygons": None if polygons_path is None else str(polygons_path),
+        "height": scene.height,
+        "width": scene.width,
+        "windows": len(grid),
+        "num_classes": k,
+        "valid_pixels": valid,
+        "pixels_per_class": counts,
+        "changed_pixels": changed,
+        "pixel_area_m2": px_area,
+        "changed_area_m2": changed * px_area,
+        "changed_percent": 100.0 * changed / valid if valid else 0.0,
+        "num_polygons": n_polygons,
+        "seconds": seconds,
+        "megapixels_per_second": scene.height * scene.width / 1e6 / max(seconds, 1e-9),
+        "notes": list(scene.notes),
+    }
