@@ -82,7 +82,10 @@ def cmd_eval(task: str) -> Handler:
         cfg = load_cli_config(args, task)
         raw = cfg.to_dict()
         raw["method"]["name"] = "supervised"  # only the evaluation list is needed
-        raw["data"]["nclass"] = model.nclass
+        if cfg.data.nclass != model.nclass:
+            raise SemisegError(
+                f"{args.checkpoint} predicts {model.nclass} classes but the config says data.nclass={cfg.data.nclass}"
+            )
         cfg = config_from_dict(raw)
         data = build_datasets(cfg)
         device = torch.device(

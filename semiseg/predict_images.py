@@ -84,7 +84,7 @@ def predict_folder(args: argparse.Namespace) -> int:
     for path in tqdm(files, disable=not sys.stderr.isatty(), desc="images"):
         try:
             with Image.open(path) as im:
-                rgb = np.asarray(im.convert("RGB"))
+                rgb = np.array(im.convert("RGB"))
         except OSError as err:
             raise SemisegError(f"cannot read image {path}: {err}") from None
         x = torch.from_numpy(rgb).permute(2, 0, 1)[None]

@@ -95,7 +95,8 @@ class RunLog:
                     ax1.plot([r["iteration"] for r in rows], [r[key] for r in rows], label=key, alpha=0.7)
         ax1.set_xlabel("iteration")
         ax1.set_title("training loss (this session)")
-        ax1.legend()
+        if rows:
+            ax1.legend()
         for source in ("student", "ema"):
             pts = [
                 (int(r["epoch"]), float(r[f"{source}_{metric_key}"]))
@@ -106,7 +107,8 @@ class RunLog:
                 ax2.plot(*zip(*pts), marker="o", label=source)
         ax2.set_xlabel("epoch")
         ax2.set_title(metric_key)
-        ax2.legend()
+        if ax2.lines:
+            ax2.legend()
         fig.tight_layout()
         tmp = self.out / ".curves.png.tmp.png"
         fig.savefig(tmp, dpi=100)

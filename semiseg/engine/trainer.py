@@ -135,7 +135,8 @@ def _train(cfg: Config, out: Path, info: DistInfo, device: torch.device, progres
         student = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
         )
-    models = Models(student=student, teacher=ema.model if ema else model, raw_student=model)
+    teacher = ema.model if ema is not None and cfg.method.teacher == "ema" else model
+    models = Models(student=student, teacher=teacher, raw_student=model)
 
     # Loaders: the labeled stream is repeated to the unlabeled length by the dataset (official rule).
     bs = cfg.data.batch_size
@@ -177,10 +178,9 @@ def _train(cfg: Config, out: Path, info: DistInfo, device: torch.device, progres
     )
 
     def save(path: Path) -> None:
+        rng = _gather_rng(info)  # collective: every rank calls save()
         if info.is_main:
-            save_atomic(
-                _checkpoint(cfg, model, ema, optimizer, scaler, state, data.classes, mean, std, info), path
-            )
+            save_atomic(_checkpoint(cfg, model, ema, optimizer, scaler, state, data.classes, mean, std, rng), path)
 
     show_bar = info.is_main and (progress if progress is not None else sys.stderr.isatty())
     stopped_early = False
@@ -331,14 +331,18 @@ def _record(cfg: Config, log: RunLog, state: TrainState, scores: dict[str, dict]
     return is_best
 
 
-def _checkpoint(cfg, model, ema, optimizer, scaler, state: TrainState, classes, mean, std, info) -> dict:
+def _gather_rng(info: DistInfo) -> list[dict]:
+    """Every rank's RNG state (each rank draws its own augmentations), for an exact resume."""
+    if not info.enabled:
+        return [rng_state()]
+    gathered: list = [None] * info.world_size
+    torch.distributed.all_gather_object(gathered, rng_state())
+    return gathered
+
+
+def _checkpoint(cfg, model, ema, optimizer, scaler, state: TrainState, classes, mean, std, rng) -> dict:
     import dataclasses
 
-    rng = [rng_state()]
-    if info.enabled:
-        gathered: list = [None] * info.world_size
-        torch.distributed.all_gather_object(gathered, rng[0])
-        rng = gathered
     return {
         "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),

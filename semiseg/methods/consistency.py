@@ -23,7 +23,7 @@ class Consistency(Method):
         super().__init__(cfg, mean, std)
         self.n_views = n_views
         self.comp_drop = comp_drop
-        self.uses_ema = cfg.method.teacher == "ema"
+        self.uses_ema = True  # kept and evaluated even when the student makes the pseudo-labels (official CD)
         grayscale = cfg.method.grayscale_p
         if grayscale is None:
             grayscale = 0.2 if cfg.task == "segmentation" else 0.0

@@ -1,0 +1,82 @@
+"""Tiny fake datasets in each benchmark's real folder layout, made from synthetic shapes (see semiseg.synthetic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from semiseg.synthetic import shapes_sample
+
+# layout -> (image path, mask path) for split s ("train"/"val") and stem n
+LAYOUTS = {
+    "pascal": lambda s, n: (f"JPEGImages/{n}.jpg", f"SegmentationClass/{n}.png"),
+    "cityscapes": lambda s, n: (
+        f"leftImg8bit/{s}/aachen/{n}_leftImg8bit.png",
+        f"gtFine/{s}/aachen/{n}_gtFine_labelTrainIds.png",
+    ),
+    "ade20k": lambda s, n: (
+        f"images/{'training' if s == 'train' else 'validation'}/{n}.jpg",
+        f"annotations/{'training' if s == 'train' else 'validation'}/{n}.png",
+    ),
+    "coco": lambda s, n: (f"{s}2017/{n}.jpg", f"masks/{s}2017/{n}.png"),
+    "folder": lambda s, n: (f"images/{s}/{n}.png", f"masks/{s}/{n}.png"),
+}
+
+
+def make_segmentation_benchmark(
+    root: Path, layout: str, nclass: int = 3, n_labeled: int = 4, n_unlabeled: int = 8, n_val: int = 3,
+    size: tuple[int, int] = (36, 44), seed: int = 0,
+) -> Path:  # fmt: skip
+    """Write images/masks in `layout` under root/data and split lists under root/split; return the split folder."""
+    rng = np.random.default_rng(seed)
+    data, split = root / "data", root / "split"
+    split.mkdir(parents=True, exist_ok=True)
+    lines: dict[str, list[str]] = {"labeled": [], "unlabeled": [], "val": []}
+    counts = {"labeled": n_labeled, "unlabeled": n_unlabeled, "val": n_val}
+    for part, n in counts.items():
+        for i in range(n):
+            s = "val" if part == "val" else "train"
+            img_rel, mask_rel = LAYOUTS[layout](s, f"{part}_{i:03d}")
+            image, mask = shapes_sample(size, nclass, rng)
+            mask[0, :] = 255  # real masks carry ignore pixels (VOC borders, ADE20K "other")
+            for rel, arr in ((img_rel, image), (mask_rel, mask)):
+                (data / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(data / rel, quality=95) if rel.endswith(".jpg") else Image.fromarray(
+                    arr
+                ).save(data / rel)
+            lines[part].append(f"{img_rel} {mask_rel}")
+    for part, rows in lines.items():
+        (split / f"{part}.txt").write_text("\n".join(rows) + "\n")
+    return split
+
+
+def make_change_tiles(root: Path, n_labeled: int = 4, n_unlabeled: int = 8, n_test: int = 3, size: int = 48,
+                      seed: int = 0) -> Path:  # fmt: skip
+    """A LEVIR-style tree (A/, B/, label/ 0/255) with split lists; change = a bright block added in B."""
+    rng = np.random.default_rng(seed)
+    for sub in ("A", "B", "label"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    names: dict[str, list[str]] = {"labeled": [], "unlabeled": [], "test": []}
+    for part, n in (("labeled", n_labeled), ("unlabeled", n_unlabeled), ("test", n_test)):
+        for i in range(n):
+            name = f"{part}_{i:03d}.png"
+            a = rng.normal(100, 20, (size, size, 3)).clip(0, 255).astype(np.uint8)
+            b = np.clip(a.astype(int) + rng.normal(0, 5, a.shape), 0, 255).astype(np.uint8)
+            label = np.zeros((size, size), np.uint8)
+            if i % 3:  # every third tile has no change at all
+                y, x, h, w = (int(v) for v in rng.integers(0, size // 2, 4))
+                b[y : y + h + 4, x : x + w + 4] = (220, 60, 60)
+                label[y : y + h + 4, x : x + w + 4] = 255
+            Image.fromarray(a).save(root / "A" / name)
+            Image.fromarray(b).save(root / "B" / name)
+            Image.fromarray(label).save(root / "label" / name)
+            names[part].append(name)
+    split = root / "splits" / "20%"
+    split.mkdir(parents=True, exist_ok=True)
+    (split / "labeled.txt").write_text("\n".join(names["labeled"]) + "\n")
+    (split / "unlabeled.txt").write_text("\n".join(names["unlabeled"]) + "\n")
+    (root / "test.txt").write_text("\n".join(names["test"]) + "\n")
+    (root / "val.txt").write_text("\n".join(names["test"][:2]) + "\n")
+    return split

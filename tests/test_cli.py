@@ -1,0 +1,177 @@
+"""The commands as a user runs them: help, one-line errors, train -> eval -> predict -> export, for both tasks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import SHARED_DATA
+from fakes import make_change_tiles, make_segmentation_benchmark
+from rasterio.transform import from_origin
+
+from semicd.cli import main as semicd_main
+from semiseg.cli import main as semiseg_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *cmd], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        ["semiseg", "--help"], ["semiseg", "train", "--help"], ["semiseg", "eval", "--help"],
+        ["semiseg", "predict", "--help"], ["semiseg", "splits", "--help"], ["semiseg", "export", "--help"],
+        ["semicd", "--help"], ["semicd", "train", "--help"], ["semicd", "predict", "--help"],
+        ["semicd", "prepare", "--help"], ["semicd", "splits", "--help"], ["semicd", "demo", "--help"],
+    ],
+)  # fmt: skip
+def test_every_command_has_help(cmd):
+    proc = run(cmd)
+    assert proc.returncode == 0 and "usage:" in proc.stdout
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from semicd.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "cmd,message",
+    [
+        (["semiseg", "train", "--config", "nope.yaml", "--out", "x"], "config file not found"),
+        (["semiseg", "train", "--config", "configs/pascal.yaml", "--out", "x", "--set", "data.crop_sise=5"],
+         "did you mean 'crop_size'"),
+        (["semiseg", "train", "--config", "configs/pascal.yaml", "--out", "x"], "data.root is not set"),
+        (["semicd", "eval", "--checkpoint", "missing.pt", "--config", "configs/levir_cd.yaml"], "checkpoint not found"),
+        (["semicd", "predict", "--before", "a.tif", "--after", "b.tif", "--checkpoint", "c.pt", "--out", "o.tif"],
+         "input raster not found"),
+    ],
+)  # fmt: skip
+def test_user_errors_are_one_line_with_non_zero_exit(cmd, message, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", *cmd], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _geotiff(path: Path, array: np.ndarray) -> None:
+    profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=3, dtype="uint8",
+                   crs="EPSG:32618", transform=from_origin(500000, 4000000, 0.5, 0.5))  # fmt: skip
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(array)
+
+
+def test_segmentation_train_eval_predict_export(tmp_path, capsys):
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    sets = [f"data.root={tmp_path / 'data'}", f"data.split={split}", "data.dataset=folder", "data.nclass=3",
+            "data.crop_size=28", "data.batch_size=2", "data.workers=0", "model.encoder=tiny", "model.weights=null",
+            "train.epochs=1", "method.conf_thresh=0.5"]  # fmt: skip
+    args = [a for s in sets for a in ("--set", s)]
+    run_dir = tmp_path / "run"
+    assert semiseg_main(["train", "--config", str(REPO / "configs/pascal.yaml"), "--out", str(run_dir), *args]) == 0
+    assert "model:\n  encoder: tiny" in (run_dir / "config.yaml").read_text()
+    capsys.readouterr()
+    assert semiseg_main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--config", str(REPO / "configs/pascal.yaml"), *args]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["images"] == 3 and set(scores["iou_per_class"]) == {"class_0", "class_1", "class_2"}
+    assert 0 <= scores["miou"] <= 100
+    assert semiseg_main(["eval", "--checkpoint", str(run_dir / "best.pt"), *args, "--set", "data.nclass=4"]) == 2
+    assert "predicts 3 classes" in capsys.readouterr().err
+    masks = tmp_path / "masks"
+    assert semiseg_main(["predict", "--checkpoint", str(run_dir / "best.pt"), "--input", str(tmp_path / "data/images/val"), "--out", str(masks)]) == 0
+    written = sorted(masks.glob("*.png"))
+    assert len(written) == 3
+    from PIL import Image
+
+    assert np.asarray(Image.open(written[0])).max() < 3
+    assert semiseg_main(["export", "--checkpoint", str(run_dir / "best.pt"), "--out", str(tmp_path / "release")]) == 0
+    assert (tmp_path / "release.safetensors").is_file() and (tmp_path / "release.yaml").is_file()
+    # a segmentation model cannot map change, and the refusal leaves nothing behind
+    before = tmp_path / "a.tif"
+    _geotiff(before, np.zeros((3, 40, 40), np.uint8))
+    out = tmp_path / "change.tif"
+    assert semicd_main(["predict", "--before", str(before), "--after", str(before), "--checkpoint", str(run_dir / "best.pt"), "--out", str(out)]) == 2
+    assert "segmentation checkpoint" in capsys.readouterr().err and not out.exists()
+
+
+def test_segmentation_splits_command(tmp_path, capsys):
+    make_segmentation_benchmark(tmp_path, "folder", n_labeled=5, n_unlabeled=5, n_val=2)
+    data = tmp_path / "data"
+    # the folder layout lists images/train and images/val
+    assert semiseg_main(["splits", "--dataset", "folder", "--root", str(data), "--labeled", "3", "--out", str(tmp_path / "s3")]) == 0
+    assert len((tmp_path / "s3/labeled.txt").read_text().split("\n")) - 1 == 3
+    assert len((tmp_path / "s3/unlabeled.txt").read_text().strip().split("\n")) == 7
+
+
+def test_change_detection_train_eval_predict(tmp_path, capsys):
+    root = tmp_path / "levir"
+    make_change_tiles(root)
+    sets = [f"data.root={root}", "data.split=20%", "data.crop_size=42", "data.batch_size=2", "data.workers=0",
+            "model.encoder=tiny", "model.weights=null", "train.epochs=1"]  # fmt: skip
+    args = [a for s in sets for a in ("--set", s)]
+    run_dir = tmp_path / "run"
+    assert semicd_main(["train", "--config", str(REPO / "configs/levir_cd.yaml"), "--out", str(run_dir), *args]) == 0
+    capsys.readouterr()
+    assert semicd_main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--config", str(REPO / "configs/levir_cd.yaml"), *args]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert {"iou", "f1", "precision", "recall", "oa", "kappa"} <= set(scores) and scores["images"] == 3
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (3, 70, 90), dtype=np.uint8)
+    b = a.copy()
+    b[:, 10:30, 20:50] = 250
+    _geotiff(tmp_path / "a.tif", a)
+    _geotiff(tmp_path / "b.tif", b)
+    out = tmp_path / "change.tif"
+    code = semicd_main(["predict", "--before", str(tmp_path / "a.tif"), "--after", str(tmp_path / "b.tif"),
+                        "--checkpoint", str(run_dir / "best.pt"), "--out", str(out), "--window", "56",
+                        "--workers", "0", "--polygons", str(tmp_path / "change.gpkg")])  # fmt: skip
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["height"] == 70 and summary["width"] == 90
+    with rasterio.open(out) as ds:
+        assert ds.crs.to_epsg() == 32618 and ds.transform == from_origin(500000, 4000000, 0.5, 0.5)
+        assert ds.tags()["checkpoint_sha256"]
+
+
+def test_change_detection_prepare_and_splits_commands(tmp_path, capsys):
+    from PIL import Image
+
+    for split in ("train", "val", "test"):
+        for sub in ("A", "B", "label"):
+            (tmp_path / "src" / split / sub).mkdir(parents=True)
+            Image.fromarray(np.zeros((64, 64, 3) if sub != "label" else (64, 64), np.uint8)).save(
+                tmp_path / "src" / split / sub / f"{split}_1.png"
+            )
+    assert semicd_main(["prepare", "levir", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "tiles"), "--tile", "16"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"] == 16
+    assert semicd_main(["splits", "--root", str(tmp_path / "tiles"), "--out", str(tmp_path / "splits"), "--percents", "25,50"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"25%": 4, "50%": 8}
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "levir_cd_samples").is_dir(), reason="shared LEVIR-CD samples not present")
+def test_real_levir_tiles_smoke_run_reports_all_metrics(tmp_path, capsys):
+    src = SHARED_DATA / "levir_cd_samples"
+    names = sorted(p.name for p in (src / "A").glob("*.png"))
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "labeled.txt").write_text("\n".join(n for n in names if n.startswith("train")) + "\n")
+    (split / "unlabeled.txt").write_text("\n".join(n for n in names if not n.startswith("train")) + "\n")
+    (split / "test.txt").write_text("\n".join(n for n in names if n.startswith("test"))[:400] + "\n")
+    sets = [f"data.root={src}", f"data.split={split}", f"data.val_list={split / 'test.txt'}", "data.crop_size=56",
+            "data.batch_size=2", "data.workers=0", "model.encoder=tiny", "model.weights=null", "train.epochs=1",
+            "train.max_iters=3"]  # fmt: skip
+    args = [a for s in sets for a in ("--set", s)]
+    assert semicd_main(["train", "--config", str(REPO / "configs/levir_cd.yaml"), "--out", str(tmp_path / "run"), *args]) == 0
+    capsys.readouterr()
+    assert semicd_main(["eval", "--checkpoint", str(tmp_path / "run/latest.pt"), "--config", str(REPO / "configs/levir_cd.yaml"), *args]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert {"iou", "f1", "precision", "recall", "oa", "kappa"} <= set(scores)
+    assert scores["images"] >= 1 and 0 <= scores["oa"] <= 100

@@ -1,0 +1,211 @@
+"""The shared engine: loss terms by hand, EMA and LR schedules, end-to-end runs, resume, DDP, failure modes."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fakes import make_change_tiles, make_segmentation_benchmark
+
+from semiseg.config import OptimConfig, load_config
+from semiseg.engine.ema import EMA, ema_ratio
+from semiseg.engine.optim import lr_for_step, poly_lr
+from semiseg.engine.trainer import train
+from semiseg.errors import SemisegError
+from semiseg.methods.losses import cross_entropy, ohem_cross_entropy, pseudo_label_loss
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- loss terms against hand computations
+def test_pseudo_label_loss_sums_confident_pixels_and_divides_by_all_non_padded_pixels():
+    logits = torch.tensor([[[[2.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [3.0, 0.0]]]])  # 1 x 2 x 2 x 2
+    plabel = torch.tensor([[[0, 1], [1, 0]]])
+    conf = torch.tensor([[[0.99, 0.5], [0.97, 0.96]]])
+    ignore = torch.tensor([[[0, 0], [0, 255]]])
+    ce = F.cross_entropy(logits, plabel, reduction="none")[0]
+    # confident & not padded: (0,0) and (1,0); (0,1) unconfident, (1,1) padded. Denominator: 3 non-padded pixels.
+    expected = (ce[0, 0] + ce[1, 0]) / 3
+    torch.testing.assert_close(pseudo_label_loss(logits, plabel, conf, ignore, 0.95), expected)
+
+
+def test_cross_entropy_ignores_255_and_is_zero_with_a_graph_when_all_ignored():
+    logits = torch.randn(1, 3, 2, 2, requires_grad=True)
+    target = torch.tensor([[[0, 255], [2, 1]]])
+    manual = -(logits.log_softmax(1)[0, [0, 2, 1], [0, 1, 1], [0, 0, 1]]).mean()
+    torch.testing.assert_close(cross_entropy(logits, target), manual)
+    zero = cross_entropy(logits, torch.full((1, 2, 2), 255))
+    assert zero.item() == 0 and zero.requires_grad
+
+
+def test_ohem_keeps_only_hard_pixels_once_enough_are_valid():
+    logits = torch.tensor([[[[4.0, 0.0, 0.0, 0.0]], [[0.0, 0.0, 4.0, 0.0]]]])  # 1 x 2 x 1 x 4
+    target = torch.tensor([[[0, 0, 0, 255]]])  # p(true): ~0.98 (easy), 0.5, ~0.02 (hard), ignored
+    hard = ohem_cross_entropy(logits, target, thresh=0.7, min_kept=1)
+    keep = torch.tensor([[[255, 0, 0, 255]]])  # p <= max(0.7, kth smallest) keeps 0.5 and 0.02
+    torch.testing.assert_close(hard, cross_entropy(logits, keep))
+    # fewer valid pixels than min_kept: plain CE over every valid pixel
+    torch.testing.assert_close(ohem_cross_entropy(logits, target, 0.7, 10), cross_entropy(logits, target))
+
+
+# ---------------------------------------------------------------- schedules
+def test_ema_ratio_is_a_running_mean_then_capped():
+    assert ema_ratio(0, 0.996) == 0.0
+    assert ema_ratio(1, 0.996) == 0.5
+    assert ema_ratio(9, 0.996) == pytest.approx(0.9)
+    assert ema_ratio(10_000, 0.996) == 0.996
+
+
+def test_ema_update_blends_parameters_with_the_scheduled_ratio():
+    student = torch.nn.Linear(2, 1)
+    ema = EMA(student, decay=0.996)
+    before = ema.model.weight.clone()
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    ema.update(student, iteration=3)  # alpha = 1 - 1/4
+    torch.testing.assert_close(ema.model.weight, 0.75 * before + 0.25 * student.weight)
+    assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_poly_lr_and_the_official_one_step_lag():
+    cfg = OptimConfig(lr=1e-3)
+    assert poly_lr(1e-3, 0, 100) == 1e-3
+    assert poly_lr(1e-3, 50, 100) == pytest.approx(1e-3 * 0.5**0.9)
+    assert poly_lr(1e-3, 100, 100) == 0.0
+    assert lr_for_step(cfg, 0, 100) == 1e-3
+    assert lr_for_step(cfg, 1, 100) == 1e-3  # step 1 runs with poly(0): the official loop sets it after step 0
+    assert lr_for_step(cfg, 51, 100) == pytest.approx(poly_lr(1e-3, 50, 100))
+
+
+# ---------------------------------------------------------------- end-to-end runs
+def _seg_config(split: Path, dataset: str, method: str, *extra: str):
+    return load_config(
+        None,
+        [
+            f"data.dataset={dataset}", f"data.root={split.parent / 'data'}", f"data.split={split}",
+            "data.nclass=3", "data.crop_size=28", "data.batch_size=2", "data.workers=0", "model.encoder=tiny",
+            f"method.name={method}", "method.conf_thresh=0.5", "train.epochs=2", "optim.lr=1e-4",
+            "data.nsample=4", *extra,
+        ],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("dataset", ["pascal", "cityscapes", "ade20k", "coco", "folder"])
+@pytest.mark.parametrize("method", ["supervised", "fixmatch", "unimatch_v2"])
+def test_each_method_trains_on_each_benchmark_layout(tmp_path, dataset, method):
+    split = make_segmentation_benchmark(tmp_path, dataset)
+    out = tmp_path / "run"
+    result = train(_seg_config(split, dataset, method), out, progress=False)
+    for name in ("config.yaml", "log.txt", "metrics.csv", "latest.pt", "best.pt", "curves.png"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert 0.0 <= float(rows[-1]["student_miou"]) <= 100.0
+    assert ("ema_miou" in rows[0]) == (method != "supervised")
+    iters = {"supervised": 1, "fixmatch": 4, "unimatch_v2": 4}[method]  # 4 = 8 unlabeled / batch 2
+    assert result["state"].iteration == 2 * iters
+
+
+def test_change_detection_trains_with_both_teachers(tmp_path):
+    split = make_change_tiles(tmp_path / "levir")
+    for teacher in ("student", "ema"):
+        cfg = load_config(
+            None,
+            [
+                "task=change_detection", "data.dataset=levir_cd", f"data.root={tmp_path / 'levir'}",
+                f"data.split={split}", "data.nclass=2", "data.crop_size=42", "data.batch_size=2",
+                "data.workers=0", "model.encoder=tiny", f"method.teacher={teacher}", "train.epochs=1",
+            ],
+        )  # fmt: skip
+        out = tmp_path / f"run_{teacher}"
+        train(cfg, out, progress=False)
+        row = next(csv.DictReader(open(out / "metrics.csv")))
+        assert {"student_iou", "student_f1", "student_precision", "student_recall", "student_oa", "student_kappa"} <= set(row)
+        assert "ema_iou" in row  # the EMA is kept and evaluated whichever model makes the pseudo-labels
+
+
+def _weights(path: Path) -> dict:
+    ckpt = torch.load(path, weights_only=True)
+    return {"model": ckpt["model"], "ema": ckpt["ema"]}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_after_a_mid_epoch_stop_gives_the_uninterrupted_weights(tmp_path, workers):
+    split = make_segmentation_benchmark(tmp_path, "folder", n_unlabeled=8)
+    common = (f"data.workers={workers}",)
+    train(_seg_config(split, "folder", "unimatch_v2", *common), tmp_path / "straight", progress=False)
+    stopped = _seg_config(split, "folder", "unimatch_v2", *common, "train.max_iters=5")  # epoch 2, batch 1 of 4
+    result = train(stopped, tmp_path / "resumed", progress=False)
+    assert result["state"].iteration == 5 and result["state"].batch_in_epoch == 1
+    train(_seg_config(split, "folder", "unimatch_v2", *common), tmp_path / "resumed", progress=False)
+    a, b = _weights(tmp_path / "straight" / "latest.pt"), _weights(tmp_path / "resumed" / "latest.pt")
+    for part in ("model", "ema"):
+        for k in a[part]:
+            torch.testing.assert_close(a[part][k], b[part][k], rtol=0, atol=0, msg=f"{part}.{k}")
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    train(_seg_config(split, "folder", "supervised", "train.epochs=1"), tmp_path / "run", progress=False)
+    with pytest.raises(SemisegError, match="model.encoder"):
+        train(_seg_config(split, "folder", "supervised", "model.encoder=small"), tmp_path / "run", progress=False)
+
+
+def test_non_finite_loss_stops_the_run_with_a_message(tmp_path, monkeypatch):
+    from semiseg.methods.supervised import Supervised
+
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    original = Supervised.step
+
+    def poisoned(self, models, labeled, unlabeled):
+        out = original(self, models, labeled, unlabeled)
+        out.loss = out.loss * math.nan
+        return out
+
+    monkeypatch.setattr(Supervised, "step", poisoned)
+    with pytest.raises(SemisegError, match="non-finite at iteration 0"):
+        train(_seg_config(split, "folder", "supervised"), tmp_path / "run", progress=False)
+
+
+def test_bad_data_is_reported_before_training(tmp_path):
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    with pytest.raises(SemisegError, match="data.root does not exist"):
+        train(_seg_config(split, "folder", "supervised", "data.root=/nonexistent"), tmp_path / "a", progress=False)
+    first_labeled = (split / "labeled.txt").read_text().split()[0]
+    (tmp_path / "data" / first_labeled).unlink()
+    with pytest.raises(SemisegError, match="missing"):
+        train(_seg_config(split, "folder", "supervised"), tmp_path / "b", progress=False)
+
+
+def test_mask_values_beyond_the_class_count_are_reported(tmp_path):
+    split = make_segmentation_benchmark(tmp_path, "folder", nclass=5)
+    with pytest.raises(SemisegError, match="outside"):
+        train(_seg_config(split, "folder", "supervised", "data.nclass=2"), tmp_path / "run", progress=False)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo over localhost")
+def test_two_process_gloo_ddp_run(tmp_path):
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    cfg = REPO / "configs" / "pascal.yaml"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        "-m", "semiseg", "train", "--config", str(cfg), "--out", str(tmp_path / "ddp"),
+        "--set", "data.dataset=folder", "--set", f"data.root={tmp_path / 'data'}", "--set", f"data.split={split}",
+        "--set", "data.nclass=3", "--set", "data.crop_size=28", "--set", "data.batch_size=2",
+        "--set", "data.workers=0", "--set", "model.encoder=tiny", "--set", "model.weights=null",
+        "--set", "train.epochs=1", "--set", "method.conf_thresh=0.5", "--set", "train.device=cpu",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 process(es)" in (tmp_path / "ddp" / "log.txt").read_text()
+    ckpt = torch.load(tmp_path / "ddp" / "latest.pt", weights_only=True)
+    assert ckpt["state"]["iteration"] == 2  # 8 unlabeled / (2 processes x batch 2)
+    assert len(ckpt["rng"]) == 2

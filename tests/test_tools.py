@@ -1,0 +1,109 @@
+"""The benchmark and toy tools run as scripts and print the JSON the benchmark write-up is built from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+OFFICIAL = Path("/tmp/official")
+
+
+def run_tool(name: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(TOOLS / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=TOOLS.parent,
+    )
+
+
+def json_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("name", ["bench_model.py", "bench_train_step.py", "toy_ssl.py"])
+def test_tool_help_describes_its_flags(name):
+    proc = run_tool(name, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "--encoder" in proc.stdout or "--methods" in proc.stdout
+
+
+def test_bench_model_prints_one_object_per_configuration():
+    proc = run_tool(
+        "bench_model.py", "--encoder", "tiny", "--crop", "28", "--batch", "1", "2",
+        "--task", "change_detection", "--device", "cpu", "--warmup", "1", "--iters", "1", "--threads", "1",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = json_lines(proc.stdout)
+    assert [(r["crop"], r["batch"]) for r in rows] == [(28, 1), (28, 2)]
+    for r in rows:
+        assert r["task"] == "change_detection" and r["threads"] == 1 and r["torch"]
+        assert r["forward_s"] > 0 and r["forward_backward_s"] > 0
+        assert r["forward_backward_peak_rss_mb"] >= r["forward_peak_rss_mb"] > 0
+        assert r["forward_backward_peak_rss_delta_mb"] >= 0
+
+
+def test_bench_model_rejects_a_crop_that_is_not_a_multiple_of_14():
+    proc = run_tool("bench_model.py", "--encoder", "tiny", "--crop", "30", "--device", "cpu")
+    assert proc.returncode != 0
+    assert "multiple of 14" in proc.stderr
+
+
+def test_bench_train_step_times_our_step_and_the_loader():
+    proc = run_tool(
+        "bench_train_step.py", "--method", "unimatch_v2", "--extras", "--encoder", "tiny", "--crop", "28",
+        "--batch", "2", "--device", "cpu", "--warmup", "1", "--iters", "1", "--threads", "1",
+        "--loader", "--workers", "0", "--loader-batches", "2",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    step, loader = json_lines(proc.stdout)
+    assert step["bench"] == "train_step" and step["impl"] == "ours"
+    assert step["uses_ema"] is True and step["step_s"] > 0 and step["step_peak_rss_mb"] > 0
+    assert loader["bench"] == "loader" and loader["crop"] == 252 and loader["batch"] == 2
+    assert loader["batches_timed"] == 2 and loader["seconds_per_batch"] > 0
+
+
+def test_bench_train_step_supervised_skips_the_ema():
+    proc = run_tool(
+        "bench_train_step.py", "--method", "supervised", "--task", "segmentation", "--encoder", "tiny",
+        "--crop", "28", "--batch", "1", "--device", "cpu", "--warmup", "0", "--iters", "1", "--threads", "1",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (step,) = json_lines(proc.stdout)
+    assert step["method"] == "supervised" and step["uses_ema"] is False
+
+
+@pytest.mark.skipif(not (OFFICIAL / "remote-sensing" / "model").is_dir(), reason="no official checkout")
+def test_bench_train_step_runs_the_official_step_on_cpu():
+    proc = run_tool(
+        "bench_train_step.py", "--no-step", "--official-repo", str(OFFICIAL), "--encoder", "small",
+        "--crop", "14", "--batch", "2", "--device", "cpu", "--warmup", "0", "--iters", "1", "--threads", "1",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (step,) = json_lines(proc.stdout)
+    assert step["impl"] == "official" and step["teacher"] == "student" and step["step_s"] > 0
+
+
+def test_toy_ssl_prints_a_table_per_method_and_seed(tmp_path):
+    proc = run_tool(
+        "toy_ssl.py", "--methods", "supervised", "unimatch_v2", "--labeled", "2", "--unlabeled", "4",
+        "--val", "2", "--size", "28", "--nclass", "3", "--batch", "2", "--epochs", "1", "--threads", "1",
+        "--out", str(tmp_path / "toy"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert set(result["results"]) == {"supervised", "unimatch_v2"}
+    sup, uni = result["results"]["supervised"], result["results"]["unimatch_v2"]
+    # same iteration budget: 4 unlabeled / batch 2 = 2 iterations per epoch for both
+    assert sup["per_seed"]["0"]["iterations"] == uni["per_seed"]["0"]["iterations"] == 2
+    assert sup["per_seed"]["0"]["final_ema_miou"] is None
+    assert 0 <= uni["mean_final_miou"] <= uni["mean_best_miou"] <= 100

@@ -1,0 +1,414 @@
+"""Time one full training iteration (and optionally the change-detection data loader) as the trainer runs it.
+
+What is timed is the trainer's inner loop body, built from the same objects the trainer builds (config,
+`build_method`, `build_model`, `EMA`, `build_optimizer`, GradScaler): LR update, the method's step (teacher
+pass, strong views, student forward of labeled + strong batches, losses) under autocast, the non-finite check,
+zero_grad, backward, optimiser step, EMA update and the `loss.item()` of the log line. Batches are synthetic
+uint8 tensors already on the device, so data loading is excluded; `--loader` measures it separately on a
+synthetic 256 px A/B/label tile tree read by `ChangeTileDataset`.
+
+`--official-repo PATH` times the official UniMatch V2 step on the same machine and sizes, importing the
+official `model.semseg.dpt.DPT` from a local checkout (never copied here) and running the official sequence:
+pseudo-labels under no_grad (the online student for change detection, as the official remote-sensing script
+does; the EMA model for segmentation), CutMix by index assignment, `model(x)`, `model(cat(s1, s2),
+comp_drop=True)`, CE losses, backward, AdamW step, LR update, EMA loop over parameters and buffers. The
+official photometric strong augmentation runs in its DataLoader workers, so its strong views arrive ready-made
+here; ours are made on the device inside the step (that work is included in our figure, not in theirs).
+
+Each measurement runs in a fresh subprocess so its peak memory is its own; output is JSON Lines.
+
+    python tools/bench_train_step.py --method unimatch_v2 --task change_detection --encoder small \
+        --crop 252 --batch 2 --device cpu --loader --official-repo /tmp/official
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_model import (  # noqa: E402  (tools/ is not a package: import the sibling script)
+    PeakMemory,
+    autocast,
+    environment,
+    median_seconds,
+    resolve_device,
+    run_workers,
+)
+
+# Official DPT head sizes per encoder (DESIGN B.2), passed to the official constructor.
+OFFICIAL_SIZES = {
+    "small": (64, [48, 96, 192, 384]),
+    "base": (128, [96, 192, 384, 768]),
+    "large": (256, [256, 512, 1024, 1024]),
+    "giant": (384, [1536, 1536, 1536, 1536]),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Seconds per training iteration (median after warm-up) and peak memory, as the trainer "
+        "runs it; optionally data-loader time and the official UniMatch V2 step. JSON Lines output."
+    )
+    p.add_argument("--method", choices=["supervised", "fixmatch", "unimatch_v2"], default="unimatch_v2")
+    p.add_argument("--extras", nargs="*", default=[], help="method.extras (e.g. prevmatch maskmatch)")
+    p.add_argument("--teacher", choices=["ema", "student"], default="ema", help="method.teacher")
+    p.add_argument("--encoder", default="small")
+    p.add_argument("--crop", type=int, default=252)
+    p.add_argument("--batch", type=int, default=2, help="per-stream batch (supervised uses 2x, as trained)")
+    p.add_argument("--task", choices=["segmentation", "change_detection"], default="change_detection")
+    p.add_argument("--nclass", type=int, default=None, help="default 21, or 2 for change detection")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-step", action="store_true", help="skip our training-step measurement")
+    p.add_argument("--loader", action="store_true", help="also time the change-detection tile loader")
+    p.add_argument("--workers", type=int, default=4, help="DataLoader workers for --loader")
+    p.add_argument("--loader-batches", type=int, default=8, help="batches timed after the warm-up ones")
+    p.add_argument("--official-repo", default=None, help="local checkout of LiheYoung/UniMatch-V2")
+    p.add_argument("--worker", choices=["ours", "official", "loader"], default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.crop % 14:
+        p.error(f"--crop {args.crop} is not a multiple of 14 (DINOv2 patch size)")
+    if args.nclass is None:
+        args.nclass = 2 if args.task == "change_detection" else 21
+    if args.official_repo is not None:
+        if args.method != "unimatch_v2" or args.extras:
+            p.error(
+                "--official-repo times the official UniMatch V2 step: use --method unimatch_v2, no extras"
+            )
+        if args.encoder not in OFFICIAL_SIZES:
+            p.error(f"--official-repo supports encoders {', '.join(OFFICIAL_SIZES)}, not {args.encoder}")
+    return args
+
+
+def _header(args: argparse.Namespace, bench: str, device: torch.device) -> dict[str, Any]:
+    return {
+        "bench": bench,
+        "method": args.method,
+        "extras": list(args.extras),
+        "encoder": args.encoder,
+        "task": args.task,
+        "crop": args.crop,
+        "batch": args.batch,
+        "amp": args.amp,
+        **environment(device),
+        "warmup": args.warmup,
+        "iters": args.iters,
+    }
+
+
+def _synthetic_batch(n_images: int, batch: int, crop: int, nclass: int, device: torch.device, labeled: bool):
+    from semiseg.methods import Batch
+
+    images = tuple(
+        torch.randint(0, 256, (batch, 3, crop, crop), dtype=torch.uint8, device=device)
+        for _ in range(n_images)
+    )
+    label = (
+        torch.randint(0, nclass, (batch, crop, crop), device=device)
+        if labeled
+        else torch.full((batch, crop, crop), 255, dtype=torch.long, device=device)
+    )
+    return Batch(
+        images=images, label=label, ignore=torch.zeros(batch, crop, crop, dtype=torch.uint8, device=device)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Our step
+
+
+def bench_ours(args: argparse.Namespace) -> dict[str, Any]:
+    """The trainer's loop body on synthetic batches; objects built exactly as `semiseg.engine.trainer` does."""
+    from semiseg.augment import IMAGENET_MEAN, IMAGENET_STD
+    from semiseg.config import load_config
+    from semiseg.engine.ema import EMA
+    from semiseg.engine.optim import build_optimizer, lr_for_step, set_lr
+    from semiseg.methods import Models, build_method
+    from semiseg.models import build_model
+
+    device = resolve_device(args.device)
+    cfg = load_config(
+        None,
+        [
+            f"task={args.task}",
+            f"data.nclass={args.nclass}",
+            f"data.crop_size={args.crop}",
+            f"data.batch_size={args.batch}",
+            f"model.encoder={args.encoder}",
+            f"method.name={args.method}",
+            f"method.extras=[{','.join(args.extras)}]",
+            f"method.teacher={args.teacher}",
+            f"train.amp={args.amp}",
+        ],
+    )
+    torch.manual_seed(0)
+    method = build_method(cfg, IMAGENET_MEAN, IMAGENET_STD)
+    model = build_model(cfg.model.encoder, cfg.data.nclass, cfg.task).to(device)
+    ema = EMA(model, cfg.method.ema_decay) if method.uses_ema else None
+    optimizer = build_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)  # fp16 is not offered here
+    models = Models(student=model, teacher=ema.model if ema else model, raw_student=model)
+    n_images = 2 if args.task == "change_detection" else 1
+    bs_l = args.batch * 2 if args.method == "supervised" else args.batch
+    labeled = _synthetic_batch(n_images, bs_l, args.crop, args.nclass, device, labeled=True)
+    unlabeled = (
+        _synthetic_batch(n_images, args.batch, args.crop, args.nclass, device, labeled=False)
+        if method.needs_unlabeled
+        else None
+    )
+    total_iters = 1000
+    state = {"iteration": 0}
+    model.train()
+
+    def iteration() -> None:
+        set_lr(optimizer, lr_for_step(cfg.optim, state["iteration"], total_iters), cfg.optim.lr_multi)
+        with autocast(args.amp, device):
+            result = method.step(models, labeled, unlabeled)
+        if not torch.isfinite(result.loss).item():
+            raise RuntimeError("non-finite loss in the benchmark step")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(result.loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if ema is not None:
+            ema.update(model, state["iteration"])
+        state["iteration"] += 1
+        result.loss.item()
+
+    out = _header(args, "train_step", device)
+    out.update(impl="ours", teacher=args.teacher, uses_ema=ema is not None)
+    memory = PeakMemory(device)
+    if device.type != "cuda":
+        out["baseline_rss_mb"] = round(memory.baseline_mb, 1)
+    with memory.measure(out, "step"):
+        out["step_s"] = round(median_seconds(iteration, device, args.warmup, args.iters), 4)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The official step (imported from a local checkout, never vendored)
+
+
+@contextlib.contextmanager
+def _cuda_calls_are_identity(enabled: bool):
+    """The official complementary dropout calls `.cuda()`; on CPU make it a no-op for this block only."""
+    if not enabled:
+        yield
+        return
+    original = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = original  # type: ignore[method-assign]
+
+
+def _import_official_dpt(repo: Path, task: str):
+    root = repo / "remote-sensing" if task == "change_detection" else repo
+    if not (root / "model" / "semseg" / "dpt.py").is_file():
+        raise SystemExit(
+            f"--official-repo {repo}: {root / 'model/semseg/dpt.py'} not found; point it at a checkout of "
+            "LiheYoung/UniMatch-V2"
+        )
+    sys.path.insert(0, str(root))
+    from model.semseg.dpt import DPT  # type: ignore[import-not-found]
+
+    return DPT
+
+
+def bench_official(args: argparse.Namespace) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    DPT = _import_official_dpt(Path(args.official_repo).expanduser().resolve(), args.task)
+    features, out_channels = OFFICIAL_SIZES[args.encoder]
+    torch.manual_seed(0)
+    model = DPT(
+        encoder_size=args.encoder, nclass=args.nclass, features=features, out_channels=out_channels
+    ).to(device)
+    model_ema = copy.deepcopy(model).eval()
+    for p in model_ema.parameters():
+        p.requires_grad = False
+    lr, lr_multi, tau = 5e-6, 40.0, 0.95
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": lr},
+            {"params": [p for n, p in model.named_parameters() if "backbone" not in n], "lr": lr * lr_multi},
+        ],
+        lr=lr,
+        betas=(0.9, 0.999),
+        weight_decay=0.01,
+    )
+    cd = args.task == "change_detection"
+    b, c = args.batch, args.crop
+    dates = 2 if cd else 1
+
+    def images() -> list[torch.Tensor]:  # normalised float, as the official loader hands them over
+        return [torch.randn(b, 3, c, c, device=device) for _ in range(dates)]
+
+    x, u_w, s1_src, s2_src = images(), images(), images(), images()
+    mask_x = torch.randint(0, args.nclass, (b, c, c), device=device)
+    ignore = torch.zeros(b, c, c, dtype=torch.long, device=device)
+    box1 = torch.zeros(b, c, c, dtype=torch.long, device=device)
+    box1[:, c // 4 : c // 2, c // 4 : c // 2] = 1
+    box2 = box1.flip(-1).clone()
+    state = {"iteration": 0}
+
+    def mix(t: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        where = box.unsqueeze(1).expand(t.shape) == 1 if t.dim() == 4 else box == 1
+        t[where] = t.flip(0)[where]
+        return t
+
+    def unlabeled_ce(pred, plabel, conf, ign):
+        loss = F.cross_entropy(pred, plabel, ignore_index=255, reduction="none")
+        loss = loss * ((conf >= tau) & (ign != 255))
+        return loss.sum() / (ign != 255).sum().item()
+
+    def iteration() -> None:
+        with torch.no_grad():
+            teacher = model if cd else model_ema  # official remote-sensing: the online student
+            pred_u_w = teacher(*u_w).detach()
+            conf_u_w, mask_u_w = pred_u_w.softmax(dim=1).max(dim=1)
+        s1 = [mix(t, box1) for t in s1_src]
+        s2 = [mix(t, box2) for t in s2_src]
+        model.train()
+        pred_x = model(*x)
+        pred_s1, pred_s2 = model(*[torch.cat((a, z)) for a, z in zip(s1, s2)], comp_drop=True).chunk(2)
+        t1 = [mix(t, box1) for t in (mask_u_w, conf_u_w, ignore)]
+        t2 = [mix(t, box2) for t in (mask_u_w, conf_u_w, ignore)]
+        loss_x = F.cross_entropy(pred_x, mask_x, ignore_index=255)
+        loss_u = (unlabeled_ce(pred_s1, *t1) + unlabeled_ce(pred_s2, *t2)) / 2.0
+        loss = (loss_x + loss_u) / 2.0
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss.item()
+        it = state["iteration"]
+        new_lr = lr * (1 - it / 1000) ** 0.9
+        optimizer.param_groups[0]["lr"] = new_lr
+        optimizer.param_groups[1]["lr"] = new_lr * lr_multi
+        ratio = min(1 - 1 / (it + 1), 0.996)
+        with torch.no_grad():
+            for p, p_ema in zip(model.parameters(), model_ema.parameters()):
+                p_ema.copy_(p_ema * ratio + p.detach() * (1 - ratio))
+            for buf, buf_ema in zip(model.buffers(), model_ema.buffers()):
+                buf_ema.copy_(buf_ema * ratio + buf.detach() * (1 - ratio))
+        state["iteration"] += 1
+
+    out = _header(args, "train_step", device)
+    out.update(impl="official", official_repo=str(args.official_repo), teacher="student" if cd else "ema")
+    memory = PeakMemory(device)
+    if device.type != "cuda":
+        out["baseline_rss_mb"] = round(memory.baseline_mb, 1)
+    with _cuda_calls_are_identity(device.type != "cuda"), memory.measure(out, "step"):
+        out["step_s"] = round(median_seconds(iteration, device, args.warmup, args.iters), 4)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The change-detection tile loader
+
+
+def write_tile_tree(root: Path, n: int, size: int = 256, seed: int = 0) -> list[str]:
+    """`n` synthetic A/B/label PNG tiles (random texture, blob-shaped change) under `root`."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for sub in ("A", "B", "label"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size]
+    names = []
+    for i in range(n):
+        a = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        cy, cx, r = rng.uniform(0, size, 2).tolist() + [rng.uniform(10, size / 4)]
+        change = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+        b = a.copy()
+        b[change] = 255 - b[change]
+        name = f"tile_{i:04d}.png"
+        Image.fromarray(a).save(root / "A" / name)
+        Image.fromarray(b).save(root / "B" / name)
+        Image.fromarray(change.astype(np.uint8) * 255).save(root / "label" / name)
+        names.append(name)
+    return names
+
+
+def bench_loader(args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds per batch of the labeled change-tile loader (crop 252), after the first `workers` batches.
+
+    The first batches are skipped because all workers start together: they arrive almost at once and would
+    make the loader look faster than its steady state.
+    """
+    from torch.utils.data import DataLoader
+
+    from semicd.data.tiles import ChangeTileDataset, cd_geometry
+
+    device = resolve_device(args.device)
+    skip = max(1, args.workers)
+    n_batches = skip + args.loader_batches
+    with tempfile.TemporaryDirectory(prefix="semicd-loader-bench-") as tmp:
+        names = write_tile_tree(Path(tmp), n_batches * args.batch)
+        ds = ChangeTileDataset(tmp, names, "train_l", cd_geometry(252), seed=0)
+        t0 = time.perf_counter()
+        single = [ds[i] for i in range(min(8, len(ds)))]
+        per_sample = (time.perf_counter() - t0) / len(single)
+        loader = DataLoader(
+            ds,
+            batch_size=args.batch,
+            shuffle=False,
+            num_workers=args.workers,
+            pin_memory=device.type == "cuda",
+            drop_last=True,
+        )
+        stamps = []
+        for sample in loader:
+            sample["images"][0].to(device, non_blocking=True)
+            stamps.append(time.perf_counter())
+    timed = stamps[skip - 1 :]
+    out = {
+        "bench": "loader",
+        "dataset": "ChangeTileDataset(train_l)",
+        "tile": 256,
+        "crop": 252,
+        "batch": args.batch,
+        "workers": args.workers,
+        **environment(device),
+        "batches_timed": len(timed) - 1,
+        "seconds_per_batch": round((timed[-1] - timed[0]) / max(len(timed) - 1, 1), 4),
+        "seconds_per_sample_main_process": round(per_sample, 4),
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.worker is not None:
+        run = {"ours": bench_ours, "official": bench_official, "loader": bench_loader}[args.worker]
+        print(json.dumps(run(args)), flush=True)
+        return
+    passthrough = list(argv if argv is not None else sys.argv[1:])
+    wanted = ([] if args.no_step else ["ours"]) + (["official"] if args.official_repo else [])
+    wanted += ["loader"] if args.loader else []
+    if not wanted:
+        raise SystemExit("nothing to measure: drop --no-step, or add --loader / --official-repo")
+    for result in run_workers(Path(__file__).resolve(), [[w] for w in wanted], passthrough):
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
