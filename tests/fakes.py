@@ -43,9 +43,9 @@ def make_segmentation_benchmark(
             mask[0, :] = 255  # real masks carry ignore pixels (VOC borders, ADE20K "other")
             for rel, arr in ((img_rel, image), (mask_rel, mask)):
                 (data / rel).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(arr).save(data / rel, quality=95) if rel.endswith(".jpg") else Image.fromarray(
-                    arr
-                ).save(data / rel)
+                Image.fromarray(arr).save(data / rel, quality=95) if rel.endswith(
+                    ".jpg"
+                ) else Image.fromarray(arr).save(data / rel)
             lines[part].append(f"{img_rel} {mask_rel}")
     for part, rows in lines.items():
         (split / f"{part}.txt").write_text("\n".join(rows) + "\n")

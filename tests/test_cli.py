@@ -40,7 +40,9 @@ def test_every_command_has_help(cmd):
 
 def test_help_does_not_import_torch():
     code = "import sys; from semicd.cli import build_parser; build_parser(); print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    )
 
 
 @pytest.mark.parametrize(
@@ -76,29 +78,77 @@ def test_segmentation_train_eval_predict_export(tmp_path, capsys):
             "train.epochs=1", "method.conf_thresh=0.5"]  # fmt: skip
     args = [a for s in sets for a in ("--set", s)]
     run_dir = tmp_path / "run"
-    assert semiseg_main(["train", "--config", str(REPO / "configs/pascal.yaml"), "--out", str(run_dir), *args]) == 0
+    assert (
+        semiseg_main(["train", "--config", str(REPO / "configs/pascal.yaml"), "--out", str(run_dir), *args])
+        == 0
+    )
     assert "model:\n  encoder: tiny" in (run_dir / "config.yaml").read_text()
     capsys.readouterr()
-    assert semiseg_main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--config", str(REPO / "configs/pascal.yaml"), *args]) == 0
+    assert (
+        semiseg_main(
+            [
+                "eval",
+                "--checkpoint",
+                str(run_dir / "best.pt"),
+                "--config",
+                str(REPO / "configs/pascal.yaml"),
+                *args,
+            ]
+        )
+        == 0
+    )
     scores = json.loads(capsys.readouterr().out)
     assert scores["images"] == 3 and set(scores["iou_per_class"]) == {"class_0", "class_1", "class_2"}
     assert 0 <= scores["miou"] <= 100
-    assert semiseg_main(["eval", "--checkpoint", str(run_dir / "best.pt"), *args, "--set", "data.nclass=4"]) == 2
+    assert (
+        semiseg_main(["eval", "--checkpoint", str(run_dir / "best.pt"), *args, "--set", "data.nclass=4"]) == 2
+    )
     assert "predicts 3 classes" in capsys.readouterr().err
     masks = tmp_path / "masks"
-    assert semiseg_main(["predict", "--checkpoint", str(run_dir / "best.pt"), "--input", str(tmp_path / "data/images/val"), "--out", str(masks)]) == 0
+    assert (
+        semiseg_main(
+            [
+                "predict",
+                "--checkpoint",
+                str(run_dir / "best.pt"),
+                "--input",
+                str(tmp_path / "data/images/val"),
+                "--out",
+                str(masks),
+            ]
+        )
+        == 0
+    )
     written = sorted(masks.glob("*.png"))
     assert len(written) == 3
     from PIL import Image
 
     assert np.asarray(Image.open(written[0])).max() < 3
-    assert semiseg_main(["export", "--checkpoint", str(run_dir / "best.pt"), "--out", str(tmp_path / "release")]) == 0
+    assert (
+        semiseg_main(["export", "--checkpoint", str(run_dir / "best.pt"), "--out", str(tmp_path / "release")])
+        == 0
+    )
     assert (tmp_path / "release.safetensors").is_file() and (tmp_path / "release.yaml").is_file()
     # a segmentation model cannot map change, and the refusal leaves nothing behind
     before = tmp_path / "a.tif"
     _geotiff(before, np.zeros((3, 40, 40), np.uint8))
     out = tmp_path / "change.tif"
-    assert semicd_main(["predict", "--before", str(before), "--after", str(before), "--checkpoint", str(run_dir / "best.pt"), "--out", str(out)]) == 2
+    assert (
+        semicd_main(
+            [
+                "predict",
+                "--before",
+                str(before),
+                "--after",
+                str(before),
+                "--checkpoint",
+                str(run_dir / "best.pt"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "segmentation checkpoint" in capsys.readouterr().err and not out.exists()
 
 
@@ -106,7 +156,22 @@ def test_segmentation_splits_command(tmp_path, capsys):
     make_segmentation_benchmark(tmp_path, "folder", n_labeled=5, n_unlabeled=5, n_val=2)
     data = tmp_path / "data"
     # the folder layout lists images/train and images/val
-    assert semiseg_main(["splits", "--dataset", "folder", "--root", str(data), "--labeled", "3", "--out", str(tmp_path / "s3")]) == 0
+    assert (
+        semiseg_main(
+            [
+                "splits",
+                "--dataset",
+                "folder",
+                "--root",
+                str(data),
+                "--labeled",
+                "3",
+                "--out",
+                str(tmp_path / "s3"),
+            ]
+        )
+        == 0
+    )
     assert len((tmp_path / "s3/labeled.txt").read_text().split("\n")) - 1 == 3
     assert len((tmp_path / "s3/unlabeled.txt").read_text().strip().split("\n")) == 7
 
@@ -118,9 +183,24 @@ def test_change_detection_train_eval_predict(tmp_path, capsys):
             "model.encoder=tiny", "model.weights=null", "train.epochs=1"]  # fmt: skip
     args = [a for s in sets for a in ("--set", s)]
     run_dir = tmp_path / "run"
-    assert semicd_main(["train", "--config", str(REPO / "configs/levir_cd.yaml"), "--out", str(run_dir), *args]) == 0
+    assert (
+        semicd_main(["train", "--config", str(REPO / "configs/levir_cd.yaml"), "--out", str(run_dir), *args])
+        == 0
+    )
     capsys.readouterr()
-    assert semicd_main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--config", str(REPO / "configs/levir_cd.yaml"), *args]) == 0
+    assert (
+        semicd_main(
+            [
+                "eval",
+                "--checkpoint",
+                str(run_dir / "best.pt"),
+                "--config",
+                str(REPO / "configs/levir_cd.yaml"),
+                *args,
+            ]
+        )
+        == 0
+    )
     scores = json.loads(capsys.readouterr().out)
     assert {"iou", "f1", "precision", "recall", "oa", "kappa"} <= set(scores) and scores["images"] == 3
     rng = np.random.default_rng(0)
@@ -150,13 +230,42 @@ def test_change_detection_prepare_and_splits_commands(tmp_path, capsys):
             Image.fromarray(np.zeros((64, 64, 3) if sub != "label" else (64, 64), np.uint8)).save(
                 tmp_path / "src" / split / sub / f"{split}_1.png"
             )
-    assert semicd_main(["prepare", "levir", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "tiles"), "--tile", "16"]) == 0
+    assert (
+        semicd_main(
+            [
+                "prepare",
+                "levir",
+                "--src",
+                str(tmp_path / "src"),
+                "--out",
+                str(tmp_path / "tiles"),
+                "--tile",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["train"] == 16
-    assert semicd_main(["splits", "--root", str(tmp_path / "tiles"), "--out", str(tmp_path / "splits"), "--percents", "25,50"]) == 0
+    assert (
+        semicd_main(
+            [
+                "splits",
+                "--root",
+                str(tmp_path / "tiles"),
+                "--out",
+                str(tmp_path / "splits"),
+                "--percents",
+                "25,50",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == {"25%": 4, "50%": 8}
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "levir_cd_samples").is_dir(), reason="shared LEVIR-CD samples not present")
+@pytest.mark.skipif(
+    not (SHARED_DATA / "levir_cd_samples").is_dir(), reason="shared LEVIR-CD samples not present"
+)
 def test_real_levir_tiles_smoke_run_reports_all_metrics(tmp_path, capsys):
     src = SHARED_DATA / "levir_cd_samples"
     names = sorted(p.name for p in (src / "A").glob("*.png"))
@@ -169,9 +278,26 @@ def test_real_levir_tiles_smoke_run_reports_all_metrics(tmp_path, capsys):
             "data.batch_size=2", "data.workers=0", "model.encoder=tiny", "model.weights=null", "train.epochs=1",
             "train.max_iters=3"]  # fmt: skip
     args = [a for s in sets for a in ("--set", s)]
-    assert semicd_main(["train", "--config", str(REPO / "configs/levir_cd.yaml"), "--out", str(tmp_path / "run"), *args]) == 0
+    assert (
+        semicd_main(
+            ["train", "--config", str(REPO / "configs/levir_cd.yaml"), "--out", str(tmp_path / "run"), *args]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert semicd_main(["eval", "--checkpoint", str(tmp_path / "run/latest.pt"), "--config", str(REPO / "configs/levir_cd.yaml"), *args]) == 0
+    assert (
+        semicd_main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "run/latest.pt"),
+                "--config",
+                str(REPO / "configs/levir_cd.yaml"),
+                *args,
+            ]
+        )
+        == 0
+    )
     scores = json.loads(capsys.readouterr().out)
     assert {"iou", "f1", "precision", "recall", "oa", "kappa"} <= set(scores)
     assert scores["images"] >= 1 and 0 <= scores["oa"] <= 100

@@ -80,7 +80,9 @@ def test_poly_lr_and_the_official_one_step_lag():
     assert poly_lr(1e-3, 50, 100) == pytest.approx(1e-3 * 0.5**0.9)
     assert poly_lr(1e-3, 100, 100) == 0.0
     assert lr_for_step(cfg, 0, 100) == 1e-3
-    assert lr_for_step(cfg, 1, 100) == 1e-3  # step 1 runs with poly(0): the official loop sets it after step 0
+    assert (
+        lr_for_step(cfg, 1, 100) == 1e-3
+    )  # step 1 runs with poly(0): the official loop sets it after step 0
     assert lr_for_step(cfg, 51, 100) == pytest.approx(poly_lr(1e-3, 50, 100))
 
 
@@ -127,7 +129,14 @@ def test_change_detection_trains_with_both_teachers(tmp_path):
         out = tmp_path / f"run_{teacher}"
         train(cfg, out, progress=False)
         row = next(csv.DictReader(open(out / "metrics.csv")))
-        assert {"student_iou", "student_f1", "student_precision", "student_recall", "student_oa", "student_kappa"} <= set(row)
+        assert {
+            "student_iou",
+            "student_f1",
+            "student_precision",
+            "student_recall",
+            "student_oa",
+            "student_kappa",
+        } <= set(row)
         assert "ema_iou" in row  # the EMA is kept and evaluated whichever model makes the pseudo-labels
 
 
@@ -141,7 +150,9 @@ def test_resume_after_a_mid_epoch_stop_gives_the_uninterrupted_weights(tmp_path,
     split = make_segmentation_benchmark(tmp_path, "folder", n_unlabeled=8)
     common = (f"data.workers={workers}",)
     train(_seg_config(split, "folder", "unimatch_v2", *common), tmp_path / "straight", progress=False)
-    stopped = _seg_config(split, "folder", "unimatch_v2", *common, "train.max_iters=5")  # epoch 2, batch 1 of 4
+    stopped = _seg_config(
+        split, "folder", "unimatch_v2", *common, "train.max_iters=5"
+    )  # epoch 2, batch 1 of 4
     result = train(stopped, tmp_path / "resumed", progress=False)
     assert result["state"].iteration == 5 and result["state"].batch_in_epoch == 1
     train(_seg_config(split, "folder", "unimatch_v2", *common), tmp_path / "resumed", progress=False)
@@ -155,7 +166,11 @@ def test_resume_refuses_a_different_model(tmp_path):
     split = make_segmentation_benchmark(tmp_path, "folder")
     train(_seg_config(split, "folder", "supervised", "train.epochs=1"), tmp_path / "run", progress=False)
     with pytest.raises(SemisegError, match="model.encoder"):
-        train(_seg_config(split, "folder", "supervised", "model.encoder=small"), tmp_path / "run", progress=False)
+        train(
+            _seg_config(split, "folder", "supervised", "model.encoder=small"),
+            tmp_path / "run",
+            progress=False,
+        )
 
 
 def test_non_finite_loss_stops_the_run_with_a_message(tmp_path, monkeypatch):
@@ -177,7 +192,11 @@ def test_non_finite_loss_stops_the_run_with_a_message(tmp_path, monkeypatch):
 def test_bad_data_is_reported_before_training(tmp_path):
     split = make_segmentation_benchmark(tmp_path, "folder")
     with pytest.raises(SemisegError, match="data.root does not exist"):
-        train(_seg_config(split, "folder", "supervised", "data.root=/nonexistent"), tmp_path / "a", progress=False)
+        train(
+            _seg_config(split, "folder", "supervised", "data.root=/nonexistent"),
+            tmp_path / "a",
+            progress=False,
+        )
     first_labeled = (split / "labeled.txt").read_text().split()[0]
     (tmp_path / "data" / first_labeled).unlink()
     with pytest.raises(SemisegError, match="missing"):

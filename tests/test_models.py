@@ -142,7 +142,9 @@ def test_official_checkpoint_loads_and_reproduces_our_outputs(tmp_path, task, n_
     ema = build_model("tiny", nclass, task).eval()
     _randomise(ema)
     path = tmp_path / "best.pth"
-    torch.save({"model": _official_checkpoint(model), "model_ema": _official_checkpoint(ema), "epoch": 3}, path)
+    torch.save(
+        {"model": _official_checkpoint(model), "model_ema": _official_checkpoint(ema), "epoch": 3}, path
+    )
     images = [torch.randn(1, 3, 42, 42) for _ in range(n_images)]
     loaded = load_model(path, which="model")
     assert loaded.nclass == nclass and loaded.encoder_size == "tiny" and loaded.meta["task"] == task
@@ -230,7 +232,9 @@ def test_checkpoint_with_missing_or_unexpected_keys_names_them(tmp_path):
     del state["head.output.0.weight"]
     state["head.extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "broken.pt")
-    with pytest.raises(SemisegError, match=r"1 missing keys \(e.g. head.output.0.weight\).*1 unexpected keys"):
+    with pytest.raises(
+        SemisegError, match=r"1 missing keys \(e.g. head.output.0.weight\).*1 unexpected keys"
+    ):
         load_model(tmp_path / "broken.pt")
 
 

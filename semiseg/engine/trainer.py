@@ -169,6 +169,7 @@ def _train(cfg: Config, out: Path, info: DistInfo, device: torch.device, progres
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         state = TrainState(**ckpt["state"])
+        method.load_state_dict(ckpt.get("method") or {})
         set_rng_state(ckpt["rng"][info.rank] if info.rank < len(ckpt["rng"]) else ckpt["rng"][0])
         log.info(f"resumed from {latest} at epoch {state.epoch}, iteration {state.iteration}")
     log.info(
@@ -180,7 +181,9 @@ def _train(cfg: Config, out: Path, info: DistInfo, device: torch.device, progres
     def save(path: Path) -> None:
         rng = _gather_rng(info)  # collective: every rank calls save()
         if info.is_main:
-            save_atomic(_checkpoint(cfg, model, ema, optimizer, scaler, state, data.classes, mean, std, rng), path)
+            payload = _checkpoint(cfg, model, ema, optimizer, scaler, state, data.classes, mean, std, rng)
+            payload["method"] = method.state_dict()
+            save_atomic(payload, path)
 
     show_bar = info.is_main and (progress if progress is not None else sys.stderr.isatty())
     stopped_early = False
@@ -204,6 +207,7 @@ def _train(cfg: Config, out: Path, info: DistInfo, device: torch.device, progres
             labeled = Batch.from_loader(_next(loader_l), device)
             unlabeled = Batch.from_loader(next(loader_u), device) if loader_u else None
             set_lr(optimizer, lr_for_step(cfg.optim, state.iteration, total_iters), cfg.optim.lr_multi)
+            method.set_progress(state.iteration, total_iters)
             with _autocast(cfg, device):
                 result = method.step(models, labeled, unlabeled)
             if broadcast_flag(not torch.isfinite(result.loss).item(), info, device):
@@ -246,11 +250,14 @@ def _train(cfg: Config, out: Path, info: DistInfo, device: torch.device, progres
         if state.epoch % cfg.train.eval_every == 0 or state.epoch == cfg.train.epochs or stopped_early:
             scores = _evaluate_all(cfg, model, ema, val_loader, device, data)
             is_best = _record(cfg, log, state, scores)
+            method.on_epoch_end(model, state.epoch, scores)
             save(latest)
             if is_best:
                 save(out / "best.pt")
-        elif state.epoch % cfg.train.save_every == 0:
-            save(latest)
+        else:
+            method.on_epoch_end(model, state.epoch, None)
+            if state.epoch % cfg.train.save_every == 0:
+                save(latest)
         if stopped_early:
             log.info(
                 f"stopped at train.max_iters={cfg.train.max_iters}; run again with the same --out to resume"

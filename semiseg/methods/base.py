@@ -72,5 +72,21 @@ class Method:
         conf, plabel = probs.max(1)
         return conf, plabel, probs
 
+    iteration = 0  # set by the trainer before each step (schedules such as PrevMatch's λ need it)
+    total_iters = 1
+
+    def set_progress(self, iteration: int, total_iters: int) -> None:
+        self.iteration, self.total_iters = iteration, total_iters
+
     def step(self, models: Models, labeled: Batch, unlabeled: Batch | None) -> StepOutput:
         raise NotImplementedError
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, scores: dict[str, dict] | None) -> None:
+        """Called after each epoch (with the evaluation scores when one ran); extras hook in here."""
+
+    def state_dict(self) -> dict:
+        """Method state that must survive a resume (e.g. PrevMatch's snapshots)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
