@@ -53,7 +53,7 @@ class DataConfig:
     areas: dict[str, str] | None = (
         None  # {labeled|unlabeled|val: polygon file}; else seeded random window split
     )
-    fractions: tuple[float, float, float] = (0.1, 0.7, 0.2)  # labeled / unlabeled / val windows when no areas
+    fractions: tuple[float, float] = (0.1, 0.2)  # labeled / val windows when no areas (the rest is unlabeled)
 
 
 @dataclass

@@ -155,6 +155,8 @@ def test_resume_after_a_mid_epoch_stop_gives_the_uninterrupted_weights(tmp_path,
     )  # epoch 2, batch 1 of 4
     result = train(stopped, tmp_path / "resumed", progress=False)
     assert result["state"].iteration == 5 and result["state"].batch_in_epoch == 1
+    assert (tmp_path / "resumed" / "best.pt").is_file()  # a mid-epoch stop is scored and checkpointed
+    assert list(csv.DictReader(open(tmp_path / "resumed" / "metrics.csv")))[-1]["epoch"] == "1.25"
     train(_seg_config(split, "folder", "unimatch_v2", *common), tmp_path / "resumed", progress=False)
     a, b = _weights(tmp_path / "straight" / "latest.pt"), _weights(tmp_path / "resumed" / "latest.pt")
     for part in ("model", "ema"):

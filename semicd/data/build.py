@@ -45,7 +45,7 @@ def build_change_datasets(cfg: Config) -> DataBundle:
             change_polygons=d.label if is_vector else None,
             window=d.window,
             areas=d.areas,
-            fractions=None if d.areas else dict(zip(("labeled", "unlabeled", "val"), d.fractions)),
+            fractions=None if d.areas else {"labeled": d.fractions[0], "val": d.fractions[1]},
             min_valid=d.min_valid,
             bands=tuple(d.bands or (1, 2, 3)),
             crop_size=d.crop_size,

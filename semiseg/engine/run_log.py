@@ -99,7 +99,7 @@ class RunLog:
             ax1.legend()
         for source in ("student", "ema"):
             pts = [
-                (int(r["epoch"]), float(r[f"{source}_{metric_key}"]))
+                (float(r["epoch"]), float(r[f"{source}_{metric_key}"]))
                 for r in evals
                 if r.get(f"{source}_{metric_key}")
             ]

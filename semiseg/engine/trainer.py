@@ -240,24 +240,20 @@ def _train(cfg: Config, out: Path, info: DistInfo, device: torch.device, progres
         if bar is not None:
             bar.close()
         log.info(f"epoch {epoch + 1}/{cfg.train.epochs}: {_fmt(logs)} ({time.time() - t0:.1f}s)")
-        if stopped_early and state.batch_in_epoch < iters_per_epoch:
-            save(latest)
-            log.info(
-                f"stopped at train.max_iters={cfg.train.max_iters}; run again with the same --out to resume"
-            )
-            break
-        state.epoch, state.batch_in_epoch = epoch + 1, 0
-        if state.epoch % cfg.train.eval_every == 0 or state.epoch == cfg.train.epochs or stopped_early:
+        epoch_done = state.batch_in_epoch >= iters_per_epoch
+        if epoch_done:
+            state.epoch, state.batch_in_epoch = epoch + 1, 0
+        due = epoch_done and (state.epoch % cfg.train.eval_every == 0 or state.epoch == cfg.train.epochs)
+        scores, is_best = None, False
+        if due or stopped_early:  # a mid-epoch stop is scored too, so best.pt always exists
             scores = _evaluate_all(cfg, model, ema, val_loader, device, data)
-            is_best = _record(cfg, log, state, scores)
+            is_best = _record(cfg, log, state, scores, state.epoch + state.batch_in_epoch / iters_per_epoch)
+        if epoch_done:
             method.on_epoch_end(model, state.epoch, scores)
+        if scores is not None or stopped_early or state.epoch % cfg.train.save_every == 0:
             save(latest)
-            if is_best:
-                save(out / "best.pt")
-        else:
-            method.on_epoch_end(model, state.epoch, None)
-            if state.epoch % cfg.train.save_every == 0:
-                save(latest)
+        if is_best:
+            save(out / "best.pt")
         if stopped_early:
             log.info(
                 f"stopped at train.max_iters={cfg.train.max_iters}; run again with the same --out to resume"
@@ -287,6 +283,12 @@ def _fmt(logs: dict[str, float]) -> str:
 
 
 def _evaluate_all(cfg, model, ema, loader, device, data: DataBundle) -> dict[str, dict]:
+    """Scores of the student and/or EMA; runs on a forked RNG so evaluating never changes the training draws."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _evaluate_models(cfg, model, ema, loader, device)
+
+
+def _evaluate_models(cfg, model, ema, loader, device) -> dict[str, dict]:
     task = "segmentation" if cfg.task == "segmentation" else "change"
     wanted = {"student": model, "ema": ema.model if ema else None}
     if cfg.eval.model != "both":
@@ -311,16 +313,19 @@ def _evaluate_all(cfg, model, ema, loader, device, data: DataBundle) -> dict[str
     return scores
 
 
-def _record(cfg: Config, log: RunLog, state: TrainState, scores: dict[str, dict]) -> bool:
-    """Log one evaluation (log.txt, metrics.csv, TensorBoard) and update the best; True if this is a new best."""
+def _record(cfg: Config, log: RunLog, state: TrainState, scores: dict[str, dict], epoch: float) -> bool:
+    """Log one evaluation (log.txt, metrics.csv, TensorBoard) and update the best; True if this is a new best.
+
+    `epoch` is fractional after a mid-epoch stop (train.max_iters)."""
     key = metric_key(cfg.task)
-    row: dict[str, Any] = {"epoch": state.epoch, "iteration": state.iteration}
+    epoch = int(epoch) if float(epoch).is_integer() else round(epoch, 3)
+    row: dict[str, Any] = {"epoch": epoch, "iteration": state.iteration}
     for source, s in scores.items():
         for k, v in s.items():
             if isinstance(v, (int, float)):
                 row[f"{source}_{k}"] = round(float(v), 4)
         log.scalars(
-            f"eval_{source}", {k: v for k, v in s.items() if isinstance(v, (int, float))}, state.epoch
+            f"eval_{source}", {k: v for k, v in s.items() if isinstance(v, (int, float))}, state.iteration
         )
         if "iou_per_class" in s:
             log.info(f"  {source} IoU per class: " + ", ".join(f"{v:.1f}" for v in s["iou_per_class"]))
@@ -328,9 +333,9 @@ def _record(cfg: Config, log: RunLog, state: TrainState, scores: dict[str, dict]
     value, source = max((s[key], name) for name, s in scores.items())
     is_best = value >= state.best.get("value", -math.inf)
     if is_best:
-        state.best = {"value": value, "source": source, "epoch": state.epoch}
+        state.best = {"value": value, "source": source, "epoch": epoch}
     log.info(
-        f"eval epoch {state.epoch}: "
+        f"eval epoch {epoch}: "
         + ", ".join(f"{name} {key}={s[key]:.2f}" for name, s in scores.items())
         + f" | best {state.best['value']:.2f} ({state.best['source']}, epoch {state.best['epoch']})"
     )

@@ -6,6 +6,8 @@ from semiseg.config import Config
 from semiseg.methods.base import Batch, Method, Models, StepOutput
 from semiseg.methods.consistency import Consistency
 from semiseg.methods.extras import EXTRAS
+from semiseg.methods.maskmatch import MaskMatch  # noqa: F401  (registers the extra)
+from semiseg.methods.prevmatch import PrevMatch  # noqa: F401  (registers the extra)
 from semiseg.methods.supervised import Supervised
 
 __all__ = ["Batch", "Method", "Models", "StepOutput", "build_method"]

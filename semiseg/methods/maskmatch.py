@@ -1,0 +1,145 @@
+"""MaskMatch: masked consistency and multi-scale teacher pseudo-labels (DESIGN B.7; our reading of the abstract).
+
+Why: predicting the segmentation of an image whose patches are mostly hidden forces the student to use context
+rather than local texture; the targets come from the teacher on the *complete* image, averaged over scales so
+they are steadier than one forward pass.
+
+Our choices, since only the abstract is confirmed (defaults in `method.maskmatch`):
+- the mask is a grid of `block_size`-px square blocks (a multiple of 14, so every block covers whole ViT
+  patches; blocks start at multiples of `block_size` from the top-left corner, the last row/column is cut at the
+  crop border). Per image exactly round(`mask_ratio` × number of blocks) blocks, chosen at random, are masked;
+  `mask_ratio_actual` logs the masked fraction of pixels (it differs from the ratio when border blocks are cut);
+- masked pixels are set to 0 *after* normalisation, i.e. to the dataset mean colour, the least informative
+  value for the encoder; the masked image is the weak view (no photometric noise, no CutMix), so the term
+  isolates the effect of hiding;
+- a change-detection pair is masked with the same blocks on both dates (a block hidden on one date only would
+  look like a change);
+- the term is CE(student(masked weak view), full-image pseudo-label) over every non-padded pixel (masked and
+  visible), confidence-thresholded with `method.conf_thresh` and normalised like the base unlabeled loss
+  (sum over confident pixels / all non-padded pixels); it enters the total with weight `weight`:
+  (Lx + Lu + w·Lmask) / (2 + w);
+- multi-scale pseudo-labels: for each scale s the weak images are resized to round(s × side / 14) × 14 px
+  (nearest multiple of 14, at least 14; bilinear, align_corners=False as for any image resize), run through
+  the teacher, softmaxed, and the probabilities resized back to the crop (bilinear, align_corners=True, like the
+  model's own output upsampling) and averaged. The masked-consistency term always uses them; with
+  `multiscale_plabels: true` (default) the base method's strong-view targets use them too (one set of teacher
+  passes serves both), otherwise the base keeps the single-scale teacher and the ensemble is computed for the
+  masked term alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from semiseg.config import Config
+from semiseg.errors import SemisegError
+from semiseg.methods.base import Models
+from semiseg.methods.extras import Extra, StepContext, register_extra
+from semiseg.methods.losses import pseudo_label_loss
+from semiseg.models.encoder import PATCH_SIZE
+
+
+def block_mask(
+    batch: int, height: int, width: int, block_size: int, ratio: float, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Bool B x H x W mask, True where hidden: round(ratio × blocks) random grid blocks per image.
+
+    Drawn on the CPU from torch's global generator (checkpointed, so a resume replays it), then moved.
+    """
+    grid_h, grid_w = -(-height // block_size), -(-width // block_size)
+    n_blocks = grid_h * grid_w
+    n_masked = int(round(ratio * n_blocks))
+    ranks = torch.rand(batch, n_blocks).argsort(1).argsort(1)  # a random permutation per image
+    blocks = (ranks < n_masked).view(batch, grid_h, grid_w)
+    pixels = blocks.repeat_interleave(block_size, 1).repeat_interleave(block_size, 2)
+    return pixels[:, :height, :width].to(device)
+
+
+def apply_mask(images: tuple[torch.Tensor, ...], mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Zero the masked pixels of every (normalised) date with the same mask: 0 is the mean colour."""
+    keep = (~mask).unsqueeze(1).to(images[0].dtype)
+    return tuple(x * keep for x in images)
+
+
+def scaled_side(side: int, scale: float) -> int:
+    """side × scale rounded to the nearest multiple of the patch size (halves up), at least one patch."""
+    return max(PATCH_SIZE, int(side * scale / PATCH_SIZE + 0.5) * PATCH_SIZE)
+
+
+@torch.no_grad()
+def multiscale_probs(
+    teacher: nn.Module, images: tuple[torch.Tensor, ...], scales: list[float]
+) -> torch.Tensor:
+    """Mean over scales of the teacher's softmax on resized (normalised) images, back at the input size."""
+    height, width = images[0].shape[-2:]
+    total: torch.Tensor | None = None
+    for scale in scales:
+        size = (scaled_side(height, scale), scaled_side(width, scale))
+        if size == (height, width):
+            probs = teacher(*images).float().softmax(1)
+        else:
+            resized = tuple(F.interpolate(x, size=size, mode="bilinear", align_corners=False) for x in images)
+            probs = teacher(*resized).float().softmax(1)
+            probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=True)
+        total = probs if total is None else total + probs
+    assert total is not None, "no scales"
+    return total / len(scales)
+
+
+@register_extra
+class MaskMatch(Extra):
+    name = "maskmatch"
+
+    def __init__(self, cfg: Config) -> None:
+        m = cfg.method.maskmatch
+        if m.block_size < PATCH_SIZE or m.block_size % PATCH_SIZE:
+            raise SemisegError(
+                f"method.maskmatch.block_size must be a positive multiple of {PATCH_SIZE}, got {m.block_size}"
+            )
+        if not 0.0 <= m.mask_ratio < 1.0:
+            raise SemisegError(f"method.maskmatch.mask_ratio must lie in [0, 1), got {m.mask_ratio}")
+        if not m.scales or any(s <= 0 for s in m.scales):
+            raise SemisegError(f"method.maskmatch.scales must be positive numbers, got {m.scales}")
+        if m.weight < 0:
+            raise SemisegError(f"method.maskmatch.weight must be non-negative, got {m.weight}")
+        self.cfg = m
+        self.tau = cfg.method.conf_thresh
+        self.norm = None  # the method's normalisation, set by `bind`
+
+    def bind(self, method: Any) -> None:
+        """Take the base method's normalisation (teacher and masked student see the same input as the base)."""
+        self.norm = method.norm
+
+    def _normed(self, images: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        if self.norm is None:
+            raise RuntimeError("MaskMatch was not bound to its method (Consistency calls extra.bind(self))")
+        return self.norm(images)
+
+    def _ensemble(self, teacher: nn.Module, images: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        probs = multiscale_probs(teacher, self._normed(images), list(self.cfg.scales))
+        conf, plabel = probs.max(1)
+        return conf, plabel, probs
+
+    def pseudo_labels(
+        self, ctx_models: Models, images: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, ...] | None:
+        if not self.cfg.multiscale_plabels:
+            return None
+        return self._ensemble(ctx_models.teacher, images)
+
+    def loss(self, ctx: StepContext) -> tuple[torch.Tensor, float, dict[str, float]] | None:
+        images = ctx.unlabeled.images
+        if self.cfg.multiscale_plabels or list(self.cfg.scales) == [1.0]:
+            conf, plabel = ctx.conf, ctx.plabel  # already the (multi-scale) teacher's
+        else:
+            conf, plabel, _ = self._ensemble(ctx.models.teacher, images)
+        b, _, h, w = images[0].shape
+        mask = block_mask(b, h, w, self.cfg.block_size, self.cfg.mask_ratio, images[0].device)
+        pred = ctx.models.student(*apply_mask(self._normed(images), mask))
+        term = pseudo_label_loss(pred, plabel, conf, ctx.unlabeled.ignore, self.tau)
+        logs = {"loss_mask": float(term.detach()), "mask_ratio_actual": mask.float().mean().item()}
+        return term, self.cfg.weight, logs
