@@ -30,7 +30,7 @@ def json_lines(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("name", ["bench_model.py", "bench_train_step.py", "toy_ssl.py"])
+@pytest.mark.parametrize("name", ["bench_model.py", "bench_train_step.py", "bench_predict.py", "toy_ssl.py"])
 def test_tool_help_describes_its_flags(name):
     proc = run_tool(name, "--help")
     assert proc.returncode == 0, proc.stderr
@@ -107,3 +107,17 @@ def test_toy_ssl_prints_a_table_per_method_and_seed(tmp_path):
     assert sup["per_seed"]["0"]["iterations"] == uni["per_seed"]["0"]["iterations"] == 2
     assert sup["per_seed"]["0"]["final_ema_miou"] is None
     assert 0 <= uni["mean_final_miou"] <= uni["mean_best_miou"] <= 100
+
+
+def test_bench_predict_reports_throughput_memory_and_model_time():
+    proc = run_tool("bench_predict.py", "--sizes", "300", "--encoder", "tiny", "--window", "112", "--workers", "0",
+                    "--threads", "1")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    (row,) = json_lines(proc.stdout)
+    assert row["size"] == 300 and row["windows"] == 16  # 112 px windows, stride 84: 4 x 4 over 300 px
+    assert (
+        row["total_s"] > 0
+        and row["model_only_s"] > 0
+        and row["peak_rss_mb"] > row["rss_before_predict_mb"] * 0.5
+    )
+    assert row["megapixels_per_s"] == pytest.approx(0.09 / row["total_s"], rel=0.05)

@@ -1,0 +1,123 @@
+"""Tile-and-predict throughput and memory on synthetic GeoTIFF scenes, beside the pure model time.
+
+For each scene size a child process (fresh peak RSS) writes a synthetic before/after pair (tiled, deflate), runs
+`semicd.geo.predict.predict_raster` end to end (reading in DataLoader workers, blending, streaming the class map and
+probabilities to disk), then times the model alone on the same number of windows of random data, batch by batch.
+The difference is what reading, blending and writing add. Prints one JSON line per size.
+
+    python tools/bench_predict.py --sizes 2048 8192 --encoder small --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_model import environment, peak_rss_mb, resolve_device, rss_mb, run_workers, sync  # noqa: E402
+
+
+def write_scene(path: Path, size: int, seed: int) -> None:
+    """A smooth random RGB scene written in 512-row strips (never whole in memory)."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    rng = np.random.default_rng(seed)
+    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32631",
+                   transform=from_origin(500000, 5000000, 0.5, 0.5), tiled=True, blockxsize=512,
+                   blockysize=512, compress="deflate")  # fmt: skip
+    with rasterio.open(path, "w", **profile) as ds:
+        for row in range(0, size, 512):
+            h = min(512, size - row)
+            ds.write(rng.integers(0, 256, (3, h, size), dtype=np.uint8), window=Window(0, row, size, h))
+
+
+def bench_one(args: argparse.Namespace) -> dict:
+    from semicd.geo.predict import predict_raster
+    from semicd.geo.windows import make_grid
+    from semiseg.models.loading import IMAGENET_MEAN, IMAGENET_STD, build_model
+    from semiseg.predict_images import make_predictor
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model = build_model(args.encoder, 2, "change_detection")
+    model.meta = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    predictor = make_predictor(model, device, args.amp)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_scene(tmp / "a.tif", args.size, 0)
+        write_scene(tmp / "b.tif", args.size, 1)
+        base_rss = rss_mb()
+        start = time.perf_counter()
+        summary = predict_raster(
+            [tmp / "a.tif", tmp / "b.tif"], predictor, tmp / "change.tif", window=args.window,
+            overlap=args.overlap, batch_size=args.batch_size, num_workers=args.workers,
+            probs_path=tmp / "probs.tif", progress=False,
+        )  # fmt: skip
+        total = time.perf_counter() - start
+        peak = peak_rss_mb()
+    n_windows = len(make_grid(args.size, args.size, args.window, args.overlap).tiles)
+    batch = tuple(
+        torch.randint(0, 256, (args.batch_size, 3, args.window, args.window), dtype=torch.uint8)
+        for _ in range(2)
+    )
+    predictor(batch)  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    done = 0
+    while done < n_windows:
+        n = min(args.batch_size, n_windows - done)
+        predictor(tuple(x[:n] for x in batch))
+        done += n
+    sync(device)
+    model_s = time.perf_counter() - t0
+    mp = args.size * args.size / 1e6
+    return {
+        "bench": "predict", "size": args.size, "encoder": args.encoder, "window": args.window,
+        "overlap": args.overlap, "batch_size": args.batch_size, "workers": args.workers, "amp": args.amp,
+        "windows": n_windows, "total_s": round(total, 3), "model_only_s": round(model_s, 3),
+        "overhead_percent": round(100 * (total - model_s) / model_s, 1), "megapixels": round(mp, 2),
+        "megapixels_per_s": round(mp / total, 3), "peak_rss_mb": round(peak, 1),
+        "rss_before_predict_mb": round(base_rss, 1), "summary_mp_per_s": summary.get("megapixels_per_second"),
+        **environment(device),
+    }  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192], help="scene sides in px")
+    p.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--encoder", default="small")
+    p.add_argument("--window", type=int, default=504)
+    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none")
+    p.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()))
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(bench_one(args)))
+        return
+    common = ["--encoder", args.encoder, "--window", str(args.window), "--overlap", str(args.overlap),
+              "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", args.device,
+              "--amp", args.amp, "--threads", str(args.threads)]  # fmt: skip
+    for result in run_workers(Path(__file__), [["--size", str(s)] for s in args.sizes], common):
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
