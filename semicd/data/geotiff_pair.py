@@ -35,14 +35,13 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform_of
 from torch.utils.data import Dataset
 
+from semicd.geo.pair import apply_stretch, grid_differences, open_raster, stretch_for
 from semiseg.data.geometry import IGNORE_INDEX, GeometryConfig, random_geometry
 from semiseg.errors import SemisegError
 
 from .tiles import MODES, cd_geometry, label_to_binary, repeat_to_length
 
 AREAS = ("labeled", "unlabeled", "val")
-TRANSFORM_TOLERANCE_PX = 1e-3
-STRETCH_PERCENTILES = (2.0, 98.0)
 OVERVIEW_MAX_SIDE = 1024
 MASK_MAX_SIDE = 4096
 
@@ -50,50 +49,15 @@ MASK_MAX_SIDE = 4096
 WindowBox = tuple[int, int, int, int]
 
 
-def open_raster(path: str | Path, what: str) -> rasterio.DatasetReader:
-    """Open a raster or raise a user error naming `what` (e.g. 'before image')."""
-    path = Path(path)
-    if not path.is_file():
-        raise SemisegError(f"{what} {path} does not exist: check the path")
-    try:
-        return rasterio.open(path)
-    except rasterio.errors.RasterioIOError as err:
-        raise SemisegError(f"{what} {path} is not a readable raster ({err}): give a GeoTIFF") from err
-
-
 def apply_affine(t: Affine, x: float, y: float) -> tuple[float, float]:
     """`t * (x, y)` written out: affine deprecates `*` for `@`, which older releases lack."""
     return t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f
 
 
-def transform_offset_px(a: Affine, b: Affine, width: int, height: int) -> float:
-    """How far apart, in pixels of `a`, the two grids put the corners of a `width` x `height` raster."""
-    inverse_a = ~a
-    worst = 0.0
-    for col, row in ((0, 0), (width, 0), (0, height), (width, height)):
-        c, r = apply_affine(inverse_a, *apply_affine(b, col, row))
-        worst = max(worst, abs(c - col), abs(r - row))
-    return worst
-
-
-def _grid_differences(a: rasterio.DatasetReader, b: rasterio.DatasetReader, bands: bool) -> list[str]:
-    differences = []
-    if a.crs != b.crs:
-        differences.append(f"CRS ({a.crs} vs {b.crs})")
-    if (a.height, a.width) != (b.height, b.width):
-        differences.append(f"shape ({a.width}x{a.height} vs {b.width}x{b.height} px)")
-    offset = transform_offset_px(a.transform, b.transform, a.width, a.height)
-    if offset > TRANSFORM_TOLERANCE_PX:
-        differences.append(f"transform (grids {offset:.3g} px apart)")
-    if bands and a.count != b.count:
-        differences.append(f"band count ({a.count} vs {b.count})")
-    return differences
-
-
 def check_raster_pair(before: str | Path, after: str | Path, label: str | Path | None = None) -> None:
     """Refuse a pair (and label raster) that is not on one pixel grid, before any work is done."""
     with open_raster(before, "before image") as a, open_raster(after, "after image") as b:
-        differences = _grid_differences(a, b, bands=True)
+        differences = grid_differences(a, b, bands=True)
         if differences:
             raise SemisegError(
                 f"{before} and {after} differ in {', '.join(differences)}: reproject B onto A's grid first "
@@ -101,7 +65,7 @@ def check_raster_pair(before: str | Path, after: str | Path, label: str | Path |
             )
         if label is not None:
             with open_raster(label, "label raster") as lab:
-                differences = _grid_differences(a, lab, bands=False)
+                differences = grid_differences(a, lab)
                 if differences:
                     raise SemisegError(
                         f"label raster {label} differs from {before} in {', '.join(differences)}: "
@@ -118,31 +82,9 @@ def _check_bands(src: rasterio.DatasetReader, bands: Sequence[int], path: str | 
         )
 
 
-def stretch_params(
-    src: rasterio.DatasetReader, bands: Sequence[int], percentiles: tuple[float, float] = STRETCH_PERCENTILES
-) -> np.ndarray | None:
-    """Per-band (low, high) of a non-uint8 scene from a decimated read of its valid pixels; None if uint8."""
-    if all(src.dtypes[b - 1] == "uint8" for b in bands):
-        return None
-    factor = max(1, math.ceil(max(src.height, src.width) / OVERVIEW_MAX_SIDE))
-    shape = (len(bands), math.ceil(src.height / factor), math.ceil(src.width / factor))
-    data = src.read(list(bands), out_shape=shape, masked=True, resampling=Resampling.nearest)
-    params = []
-    for band, values in zip(bands, data):
-        valid = values.compressed()
-        if valid.size == 0:
-            raise SemisegError(f"{src.name} band {band} has no valid pixels: check its nodata value")
-        low, high = np.percentile(valid, percentiles)
-        params.append((float(low), float(max(high, low + 1e-6))))
-    return np.asarray(params, dtype=np.float64)
-
-
-def to_uint8(array: np.ndarray, params: np.ndarray | None) -> np.ndarray:
-    """bands x H x W -> H x W x bands uint8, stretching linearly between each band's (low, high)."""
-    if params is not None:
-        low, high = params[:, 0, None, None], params[:, 1, None, None]
-        array = np.clip((array.astype(np.float64) - low) / (high - low) * 255.0 + 0.5, 0, 255)
-    return np.ascontiguousarray(array.astype(np.uint8).transpose(1, 2, 0))
+def to_uint8(array: np.ndarray, stretch: tuple[tuple[float, float], ...] | None) -> np.ndarray:
+    """bands x H x W -> H x W x bands uint8 through the shared percentile stretch (identity for uint8)."""
+    return np.ascontiguousarray(apply_stretch(array, stretch).transpose(1, 2, 0))
 
 
 def _starts(size: int, window: int, stride: int) -> list[int]:
@@ -306,7 +248,7 @@ class GeoTiffPairDataset(Dataset):
             _check_bands(a, self.bands, before)
             _check_bands(b, self.bands, after)
             self.transform, self.crs = a.transform, a.crs
-            self.stretch = (stretch_params(a, self.bands), stretch_params(b, self.bands))
+            self.stretch = (stretch_for(a, self.bands), stretch_for(b, self.bands))
         self.boxes = [tuple(int(v) for v in box) for box in repeat_to_length(list(boxes), nsample)]
         if not self.boxes:
             raise SemisegError(f"no windows for the {mode} set of {before}: check the areas and min_valid")

@@ -23,9 +23,10 @@ from PIL import Image
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from semicd.geo.pair import open_raster, stretch_for
 from semiseg.errors import SemisegError
 
-from .geotiff_pair import open_raster, stretch_params, to_uint8
+from .geotiff_pair import to_uint8
 from .splits import write_lines_atomic
 from .tiles import IMAGE_EXTENSIONS, label_to_binary
 
@@ -163,7 +164,7 @@ def prepare_whu(
         for src, path in zip(sources[:2], paths):
             if src.count < 3:
                 raise SemisegError(f"{path} has {src.count} band(s): WHU-CD images need 3 (RGB)")
-        stretch = [stretch_params(src, (1, 2, 3)) for src in sources[:2]]
+        stretch = [stretch_for(src, (1, 2, 3)) for src in sources[:2]]
         _make_dirs(dst)
         digits = max(5, len(str(rows * cols)))
         names, summary = [], {"written": 0, "skipped": 0}

@@ -118,17 +118,19 @@ def close_source(handle: rasterio.io.DatasetReaderBase) -> None:
         inner.close()
 
 
-def _open_checked(path: str | os.PathLike) -> rasterio.io.DatasetReader:
-    """Open a raster or raise a one-line `SemisegError` saying why it cannot be used."""
+def open_raster(path: str | os.PathLike, what: str = "input raster") -> rasterio.io.DatasetReader:
+    """Open a raster or raise a one-line `SemisegError` saying why it cannot be used (`what`: its role)."""
     p = Path(path)
     if not p.exists():
-        raise SemisegError(f"input raster {p} does not exist; check the path")
+        raise SemisegError(f"{what} {p} does not exist; check the path")
     if p.is_dir():
-        raise SemisegError(f"input raster {p} is a folder; pass a GeoTIFF (or any GDAL raster) file")
+        raise SemisegError(f"{what} {p} is a folder; pass a GeoTIFF (or any GDAL raster) file")
     try:
         ds = rasterio.open(p)
     except RasterioError as exc:
-        raise SemisegError(f"{p} is not a readable raster ({_first_line(exc)}); pass a GeoTIFF file") from exc
+        raise SemisegError(
+            f"{what} {p} is not a readable raster ({_first_line(exc)}); pass a GeoTIFF file"
+        ) from exc
     try:
         # A tiny decimated read touches the file's structure, so a truncated/corrupt TIFF fails here, early.
         ds.read(1, out_shape=(min(ds.height, 64), min(ds.width, 64)))
@@ -207,7 +209,7 @@ def apply_stretch(data: np.ndarray, stretch: tuple[tuple[float, float], ...] | N
     return out
 
 
-def _transform_offset_px(ta: Affine, tb: Affine, width: int, height: int) -> float:
+def transform_offset_px(ta: Affine, tb: Affine, width: int, height: int) -> float:
     """Largest distance, in B's pixels, between where A's grid corners fall in A and in B."""
     inv_b = ~tb
     worst = 0.0
@@ -224,16 +226,19 @@ def _describe_crs(crs) -> str:
     return crs.to_string() if crs.to_epsg() is None else f"EPSG:{crs.to_epsg()}"
 
 
-def _grid_differences(a, b) -> list[str]:
+def grid_differences(a, b, bands: bool = False) -> list[str]:
+    """What keeps raster `b` off raster `a`'s pixel grid (CRS, shape, transform; band count if `bands`)."""
     diffs = []
     if a.crs != b.crs:
         diffs.append(f"CRS ({_describe_crs(a.crs)} vs {_describe_crs(b.crs)})")
     if (a.height, a.width) != (b.height, b.width):
         diffs.append(f"shape ({a.height}x{a.width} vs {b.height}x{b.width})")
     if a.crs == b.crs:
-        off = _transform_offset_px(a.transform, b.transform, a.width, a.height)
+        off = transform_offset_px(a.transform, b.transform, a.width, a.height)
         if off > TRANSFORM_TOLERANCE_PX:
             diffs.append(f"transform (grids differ by up to {off:.3g} px)")
+    if bands and a.count != b.count:
+        diffs.append(f"band count ({a.count} vs {b.count})")
     return diffs
 
 
@@ -273,7 +278,7 @@ def open_scene(
     handles = []
     try:
         for p in paths:
-            handles.append(_open_checked(p))
+            handles.append(open_raster(p))
         return _build_scene(handles, align, bands, nodata)
     finally:
         for h in handles:
@@ -289,7 +294,7 @@ def _build_scene(handles, align: str, bands, nodata) -> Scene:
                 f"{first.name} has {len(selected[0])} band(s) but {h.name} has {len(sel)}; "
                 "pick the same bands of both with --bands"
             )
-    diffs = [[]] + [_grid_differences(first, h) for h in handles[1:]]
+    diffs = [[]] + [grid_differences(first, h) for h in handles[1:]]
     if align == "error":
         for h, diff in zip(handles[1:], diffs[1:]):
             if diff:
@@ -317,9 +322,17 @@ def _build_scene(handles, align: str, bands, nodata) -> Scene:
     return Scene(tuple(sources), first.crs, transform, width, height, tuple(notes))
 
 
+def stretch_for(
+    ds, bands: Sequence[int], nodata: float | None = None
+) -> tuple[tuple[float, float], ...] | None:
+    """The percentile stretch a raster needs to reach 0..255, or None when its bands are already uint8."""
+    if all(ds.dtypes[b - 1] == "uint8" for b in bands):
+        return None
+    return percentile_stretch_params(ds, bands, nodata)
+
+
 def _describe_source(h, sel, window, transform, width, height, needs_warp, crs, nodata) -> RasterSource:
-    needs_stretch = any(h.dtypes[b - 1] != "uint8" for b in sel)
-    stretch = percentile_stretch_params(h, sel, nodata) if needs_stretch else None
+    stretch = stretch_for(h, sel, nodata)
     if not needs_warp:
         return RasterSource(str(h.name), sel, int(window.row_off), int(window.col_off), None, stretch, nodata)
     if crs is None:
