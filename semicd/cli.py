@@ -48,7 +48,7 @@ def cmd_splits(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from semicd.demo import run_demo
 
-    result = run_demo(args.out, size=args.size, train_seconds=args.train_seconds, seed=args.seed)
+    result = run_demo(args.out, size=args.size, iters=args.iters, seed=args.seed)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthetic scene -> train a tiny model -> change map, polygons, preview")
     p.add_argument("--out", required=True)
     p.add_argument("--size", type=int, default=2048, help="scene side in px")
-    p.add_argument("--train-seconds", type=float, default=90.0, help="training time budget")
+    p.add_argument(
+        "--iters", type=int, default=480, help="training iterations (480: about 75 s on 2 CPU cores)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=cmd_demo)
     return parser

@@ -82,7 +82,7 @@ def test_scores_of_a_perfect_and_an_empty_map(tmp_path):
 
 def test_demo_runs_end_to_end_at_toy_size(tmp_path):
     out = tmp_path / "demo"
-    result = run_demo(out, size=384, train_seconds=0.5, seed=0)
+    result = run_demo(out, size=384, iters=4, seed=0)
 
     for key in ("before", "after", "truth", "checkpoint", "change", "polygons", "preview"):
         assert Path(result["paths"][key]).exists(), key
@@ -103,4 +103,4 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path):
     assert set(result["seconds"]) >= {"scene", "train", "predict"}
 
     with pytest.raises(SemisegError, match="already holds"):
-        run_demo(out, size=384, train_seconds=0.5)
+        run_demo(out, size=384, iters=4)

@@ -17,7 +17,7 @@ from semiseg.errors import SemisegError
 from semiseg.methods import Batch, Models, build_method
 from semiseg.methods.extras import StepContext
 from semiseg.methods.losses import pseudo_label_loss
-from semiseg.methods.maskmatch import MaskMatch, apply_mask, block_mask, multiscale_probs, scaled_side
+from semiseg.methods.maskmatch import apply_mask, block_mask, multiscale_probs, scaled_side
 from semiseg.methods.prevmatch import (
     PrevMatch,
     dirichlet_weights,
@@ -32,12 +32,14 @@ def _cfg(*overrides: str):
     return load_config(None, ["data.nclass=3", "data.crop_size=28", "model.encoder=tiny", *overrides])
 
 
-def _batch(n_dates: int, b: int = 2, size: int = 28, seed: int = 0) -> Batch:
+def _batch(n_dates: int, b: int = 2, size: int = 28, seed: int = 0, nclass: int = 2) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    images = tuple(torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8, generator=g) for _ in range(n_dates))
+    images = tuple(
+        torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8, generator=g) for _ in range(n_dates)
+    )
     ignore = torch.zeros(b, size, size, dtype=torch.uint8)
     ignore[:, -3:] = 255  # padded rows
-    return Batch(images, torch.randint(0, 3, (b, size, size), generator=g), ignore)
+    return Batch(images, torch.randint(0, nclass, (b, size, size), generator=g), ignore)
 
 
 def _linear(value: float) -> nn.Linear:
@@ -124,7 +126,9 @@ def test_best_val_trigger_adds_a_snapshot_on_each_new_best_student_score():
         extra.on_epoch_end(_linear(float(epoch)), epoch, scores)
     assert extra.snapshot_epochs == [1, 4]
     cd = PrevMatch(
-        _cfg("task=change_detection", "data.nclass=2", "method.prevmatch.trigger=best_val", "data.val_list=val")
+        _cfg(
+            "task=change_detection", "data.nclass=2", "method.prevmatch.trigger=best_val", "data.val_list=val"
+        )
     )
     cd.on_epoch_end(_linear(1.0), 1, {"ema": {"iou": 3.0}})  # only the EMA evaluated: its score is used
     assert cd.snapshot_epochs == [1]
@@ -149,7 +153,8 @@ def test_prevmatch_state_round_trips_through_a_weights_only_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize(
-    "override", ["method.prevmatch.max_snapshots=0", "method.maskmatch.block_size=20", "method.maskmatch.mask_ratio=1"]
+    "override",
+    ["method.prevmatch.max_snapshots=0", "method.maskmatch.block_size=20", "method.maskmatch.mask_ratio=1"],
 )
 def test_bad_extra_settings_are_named(override):
     cfg = _cfg("method.extras=[prevmatch,maskmatch]", override)
@@ -201,8 +206,15 @@ def test_block_mask_is_aligned_to_the_patch_grid_and_hides_the_ratio_of_blocks()
     assert (blocks[:, :, 0, :, 0].sum((1, 2)) == 3).all()  # round(0.5 * 6) blocks per image
     assert mask.float().mean().item() == pytest.approx(0.5)
     assert not torch.equal(mask[0], mask[1])  # drawn per image
-    cut = block_mask(1, 42, 42, block_size=28, ratio=0.75)  # 2 x 2 grid, border blocks cut at 42 px
-    assert cut.shape == (1, 42, 42) and cut.view(1, 3, 14, 3, 14)[:, :, 0, :, 0].sum() >= 4
+    cut = block_mask(8, 42, 42, block_size=28, ratio=0.75)  # 2 x 2 grid, border blocks cut at 42 px
+    cells = cut.view(8, 3, 14, 3, 14)[:, :, 0, :, 0]  # the 14-px patch grid
+    assert (cut.view(8, 3, 14, 3, 14) == cells[:, :, None, :, None]).all()  # whole patches only
+    first_block = cells[:, :2, :2].flatten(1)
+    assert (first_block == first_block[:, :1]).all()  # the top-left 28-px block is one unit
+    assert (
+        cells[:, :2, :2].any((1, 2)).int() + cells[:, :2, 2].any(1) + cells[:, 2, :2].any(1) + cells[:, 2, 2]
+        == 3
+    ).all()
 
 
 def test_mask_is_the_mean_colour_and_the_same_on_both_dates():
@@ -242,8 +254,10 @@ def test_maskmatch_student_sees_the_weak_view_masked_identically_on_both_dates()
     (a, b), weak = student.calls[-1], method.norm(ctx.unlabeled.images)
     hidden_a, hidden_b = (a == 0).all(1), (b == 0).all(1)
     assert torch.equal(hidden_a, hidden_b)
-    assert logs["mask_ratio_actual"] == pytest.approx(0.5) and hidden_a.float().mean().item() == pytest.approx(0.5)
-    torch.testing.assert_close(a[:, :, ~hidden_a[0]][0], weak[0][0][:, ~hidden_a[0]])  # visible pixels untouched
+    assert logs["mask_ratio_actual"] == pytest.approx(0.5)
+    assert hidden_a.float().mean().item() == pytest.approx(0.5)
+    visible = ~hidden_a[0]
+    torch.testing.assert_close(a[0][:, visible], weak[0][0][:, visible])  # visible pixels untouched
     expected = pseudo_label_loss(student.bias.view(1, -1, 1, 1).expand(2, -1, 28, 28), ctx.plabel, ctx.conf,
                                  ctx.unlabeled.ignore, 0.0)  # fmt: skip
     torch.testing.assert_close(term, expected)
@@ -354,7 +368,9 @@ def test_resume_with_a_populated_snapshot_store_gives_the_uninterrupted_run(tmp_
     split = make_segmentation_benchmark(tmp_path, "folder", n_unlabeled=8)
     common = ("method.extras=[prevmatch,maskmatch]", "method.prevmatch.every_k=1")
     train(_seg_run_config(split, *common), tmp_path / "straight", progress=False)
-    stopped = train(_seg_run_config(split, *common, "train.max_iters=5"), tmp_path / "resumed", progress=False)
+    stopped = train(
+        _seg_run_config(split, *common, "train.max_iters=5"), tmp_path / "resumed", progress=False
+    )
     assert stopped["state"].iteration == 5 and stopped["state"].batch_in_epoch == 1  # epoch 2, batch 1 of 4
     mid = torch.load(tmp_path / "resumed" / "latest.pt", weights_only=True)
     assert mid["method"]["prevmatch"]["epochs"] == [1]  # the store is populated at the stop
