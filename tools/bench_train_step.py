@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--method", choices=["supervised", "fixmatch", "unimatch_v2"], default="unimatch_v2")
     p.add_argument("--extras", nargs="*", default=[], help="method.extras (e.g. prevmatch maskmatch)")
     p.add_argument("--teacher", choices=["ema", "student"], default="ema", help="method.teacher")
+    p.add_argument(
+        "--prevmatch-snapshots", type=int, default=3, help="snapshots put in PrevMatch's store before timing"
+    )
     p.add_argument("--encoder", default="small")
     p.add_argument("--crop", type=int, default=252)
     p.add_argument("--batch", type=int, default=2, help="per-stream batch (supervised uses 2x, as trained)")
@@ -162,7 +165,12 @@ def bench_ours(args: argparse.Namespace) -> dict[str, Any]:
     ema = EMA(model, cfg.method.ema_decay) if method.uses_ema else None
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # fp16 is not offered here
-    models = Models(student=model, teacher=ema.model if ema else model, raw_student=model)
+    teacher = ema.model if ema is not None and cfg.method.teacher == "ema" else model
+    models = Models(student=model, teacher=teacher, raw_student=model)
+    for extra in getattr(method, "extras", []):
+        if extra.name == "prevmatch":  # a populated store, as after a few epochs (otherwise the term is skipped)
+            for epoch in range(args.prevmatch_snapshots):
+                extra.add_snapshot(model, epoch)
     n_images = 2 if args.task == "change_detection" else 1
     bs_l = args.batch * 2 if args.method == "supervised" else args.batch
     labeled = _synthetic_batch(n_images, bs_l, args.crop, args.nclass, device, labeled=True)
@@ -177,6 +185,7 @@ def bench_ours(args: argparse.Namespace) -> dict[str, Any]:
 
     def iteration() -> None:
         set_lr(optimizer, lr_for_step(cfg.optim, state["iteration"], total_iters), cfg.optim.lr_multi)
+        method.set_progress(total_iters // 2, total_iters)  # mid-run: PrevMatch's λ is at its peak
         with autocast(args.amp, device):
             result = method.step(models, labeled, unlabeled)
         if not torch.isfinite(result.loss).item():
