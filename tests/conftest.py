@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -11,4 +12,5 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture(autouse=True, scope="session")
 def _few_threads():
-    torch.set_num_threads(2)  # CI has 2 cores; more threads only add contention
+    # CI has 2 cores; more threads only add contention (SEMICD_TEST_THREADS=1 when sharing the machine)
+    torch.set_num_threads(int(os.environ.get("SEMICD_TEST_THREADS", "2")))
