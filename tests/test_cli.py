@@ -129,9 +129,17 @@ def test_segmentation_train_eval_predict_export(tmp_path, capsys):
         == 0
     )
     assert (tmp_path / "release.safetensors").is_file() and (tmp_path / "release.yaml").is_file()
-    # a segmentation model cannot map change, and the refusal leaves nothing behind
+    # a GeoTIFF scene gets a georeferenced class map
+    capsys.readouterr()
     before = tmp_path / "a.tif"
-    _geotiff(before, np.zeros((3, 40, 40), np.uint8))
+    _geotiff(before, np.random.default_rng(0).integers(0, 255, (3, 40, 50), dtype=np.uint8))
+    classes = tmp_path / "classes.tif"
+    assert semiseg_main(["predict", "--image", str(before), "--checkpoint", str(run_dir / "best.pt"),
+                         "--out", str(classes), "--window", "28", "--workers", "0"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["num_classes"] == 3
+    with rasterio.open(classes) as ds:
+        assert (ds.height, ds.width) == (40, 50) and ds.crs.to_epsg() == 32618 and ds.read(1).max() < 3
+    # a segmentation model cannot map change, and the refusal leaves nothing behind
     out = tmp_path / "change.tif"
     assert (
         semicd_main(
