@@ -6,10 +6,11 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from semiseg import __version__
 from semiseg.cli import add_predict_options
-from semiseg.cli_common import add_common_commands, run_cli
+from semiseg.cli_common import add_common_commands, run_cli, write_run_record
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -31,6 +32,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         summary = prepare_whu(
             args.before, args.after, args.label, args.out, tile=args.tile, overwrite=args.overwrite
         )
+    write_run_record(Path(args.out) / "prepare.yaml", args, summary)
     print(json.dumps(summary))
     return 0
 

@@ -33,6 +33,24 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         return 130
 
 
+def write_run_record(path: Path, args: argparse.Namespace, result: dict | None = None) -> Path:
+    """Write the command's resolved arguments (and its summary) as YAML beside its outputs, atomically."""
+    import os
+
+    import yaml
+
+    record = {
+        "command": f"{Path(sys.argv[0]).name} {getattr(args, 'command_name', '')}".strip(),
+        "arguments": {k: v for k, v in vars(args).items() if k not in ("handler", "command_name")},
+    }
+    if result is not None:
+        record["result"] = json.loads(json.dumps(result, default=str))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(record, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
 def add_config_args(p: argparse.ArgumentParser, config_required: bool) -> None:
     p.add_argument("--config", required=config_required, help="YAML config (see configs/README.md)")
     p.add_argument(

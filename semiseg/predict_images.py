@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from semiseg.augment import normalize
+from semiseg.cli_common import write_run_record
 from semiseg.errors import SemisegError
 from semiseg.inference import predict_logits
 from semiseg.models.loading import load_model
@@ -98,7 +99,9 @@ def predict_folder(args: argparse.Namespace) -> int:
         tmp = target.with_name(f".{target.name}.tmp.png")
         img.save(tmp)
         os.replace(tmp, target)
-    print(json.dumps({"images": len(files), "out": str(out)}))
+    summary = {"images": len(files), "out": str(out)}
+    write_run_record(out / "predict.yaml", args, summary)
+    print(json.dumps(summary))
     return 0
 
 
@@ -145,5 +148,7 @@ def predict_scene_cli(args: argparse.Namespace, task: str) -> int:
         num_classes=model.nclass,
         min_area_m2=args.min_area,
     )
+    out = Path(args.out)
+    write_run_record(out.with_name(out.stem + ".predict.yaml"), args, summary)
     print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -12,7 +12,9 @@ import numpy as np
 from PIL import Image
 
 
-def shapes_sample(size: tuple[int, int], nclass: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def shapes_sample(
+    size: tuple[int, int], nclass: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """One H x W x 3 uint8 image and its H x W uint8 mask: 1-4 shapes of classes 1..nclass-1 on background 0.
 
     A class is its shape (disc or box) and its stripe texture (period and orientation); colours are drawn at

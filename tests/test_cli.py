@@ -227,6 +227,12 @@ def test_change_detection_train_eval_predict(tmp_path, capsys):
     with rasterio.open(out) as ds:
         assert ds.crs.to_epsg() == 32618 and ds.transform == from_origin(500000, 4000000, 0.5, 0.5)
         assert ds.tags()["checkpoint_sha256"]
+    import yaml
+
+    record = yaml.safe_load(
+        (tmp_path / "change.predict.yaml").read_text()
+    )  # the resolved arguments, beside it
+    assert record["arguments"]["window"] == 56 and record["result"]["height"] == 70
 
 
 def test_change_detection_prepare_and_splits_commands(tmp_path, capsys):
