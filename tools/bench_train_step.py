@@ -168,7 +168,9 @@ def bench_ours(args: argparse.Namespace) -> dict[str, Any]:
     teacher = ema.model if ema is not None and cfg.method.teacher == "ema" else model
     models = Models(student=model, teacher=teacher, raw_student=model)
     for extra in getattr(method, "extras", []):
-        if extra.name == "prevmatch":  # a populated store, as after a few epochs (otherwise the term is skipped)
+        if (
+            extra.name == "prevmatch"
+        ):  # a populated store, as after a few epochs (otherwise the term is skipped)
             for epoch in range(args.prevmatch_snapshots):
                 extra.add_snapshot(model, epoch)
     n_images = 2 if args.task == "change_detection" else 1

@@ -204,7 +204,7 @@ def _train(cfg: Config, out: Path, info: DistInfo, device: torch.device, progres
         bar = _progress(iters_per_epoch, start, epoch, cfg.train.epochs, show_bar)
         t0 = time.time()
         for b in range(start, iters_per_epoch):
-            labeled = Batch.from_loader(_next(loader_l), device)
+            labeled = Batch.from_loader(next(loader_l), device)
             unlabeled = Batch.from_loader(next(loader_u), device) if loader_u else None
             set_lr(optimizer, lr_for_step(cfg.optim, state.iteration, total_iters), cfg.optim.lr_multi)
             method.set_progress(state.iteration, total_iters)
@@ -262,10 +262,6 @@ def _train(cfg: Config, out: Path, info: DistInfo, device: torch.device, progres
     log.plot_curves(metric_key(cfg.task))
     log.close()
     return {"state": state, "best": dict(state.best)}
-
-
-def _next(iterator):
-    return next(iterator)
 
 
 def _progress(total: int, start: int, epoch: int, epochs: int, show: bool):
@@ -339,7 +335,8 @@ def _record(cfg: Config, log: RunLog, state: TrainState, scores: dict[str, dict]
         + ", ".join(f"{name} {key}={s[key]:.2f}" for name, s in scores.items())
         + f" | best {state.best['value']:.2f} ({state.best['source']}, epoch {state.best['epoch']})"
     )
-    state.best[f"last_{source}"] = value
+    for name, s in scores.items():
+        state.best[f"last_{name}"] = s[key]
     return is_best
 
 
