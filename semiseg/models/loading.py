@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
@@ -121,9 +122,14 @@ def _read_checkpoint_file(path: Path) -> Any:
         raise SemisegError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise SemisegError(
+            f"{path} is not a readable checkpoint: not a PyTorch file, or it stores Python objects beyond tensors "
+            "and plain values, which safe (weights_only) loading refuses"
+        ) from None
     except Exception as err:
         raise SemisegError(
-            f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err)[:120]})"
+            f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
         ) from None
 
 
