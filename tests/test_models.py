@@ -257,3 +257,38 @@ def test_task_recorded_in_a_checkpoint_is_enforced(tmp_path):
     path = export_model(model, tmp_path / "cd")
     with pytest.raises(SemisegError, match="is a change_detection checkpoint"):
         load_model(path, task="segmentation")
+
+
+def test_hub_weights_load_through_the_timm_layout(monkeypatch):
+    """The `weights: hub` path with the download replaced by a local random model of the hub's architecture."""
+    import timm
+
+    real_create = timm.create_model
+    created = {}
+
+    def offline_create(name, pretrained=False, **kwargs):
+        created["name"], created["pretrained"] = name, pretrained
+        model = real_create(name, pretrained=False, **kwargs)
+        _randomise(model)
+        created["state"] = model.state_dict()
+        return model
+
+    monkeypatch.setattr(timm, "create_model", offline_create)
+    encoder = Encoder("small")
+    encoder.load_pretrained("hub")
+    assert created["name"] == "vit_small_patch14_dinov2.lvd142m" and created["pretrained"] is True
+    for k, v in created["state"].items():
+        torch.testing.assert_close(encoder.vit.state_dict()[k], v)
+    with pytest.raises(SemisegError, match="no pretrained weights on the hub"):
+        Encoder("tiny").load_pretrained("hub")
+
+
+def test_hub_download_failure_is_a_user_error(monkeypatch):
+    import timm
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(SemisegError, match="could not fetch 'vit_small_patch14_dinov2.lvd142m'"):
+        Encoder("small").load_pretrained("hub")
