@@ -84,13 +84,13 @@ def cmd_train(task: str) -> Handler:
 
 def cmd_eval(task: str) -> Handler:
     def handler(args: argparse.Namespace) -> int:
-        import torch
         from torch.utils.data import DataLoader
 
         from semiseg.config import config_from_dict
         from semiseg.data.build import build_datasets
         from semiseg.inference import evaluate
         from semiseg.models.loading import load_model
+        from semiseg.predict_images import pick_device
 
         model = load_model(args.checkpoint, task=task, which=args.which)
         if args.config is None and not args.overrides:
@@ -106,9 +106,7 @@ def cmd_eval(task: str) -> Handler:
             )
         cfg = config_from_dict(raw)
         data = build_datasets(cfg)
-        device = torch.device(
-            args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        )
+        device = pick_device(args.device)
         loader = DataLoader(data.val, batch_size=1, num_workers=min(cfg.data.workers, 4))
         scores = evaluate(
             model.to(device), loader, model.nclass,

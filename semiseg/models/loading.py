@@ -20,13 +20,12 @@ from typing import Any
 import torch
 import yaml
 
+from semiseg.augment import IMAGENET_MEAN, IMAGENET_STD
 from semiseg.errors import SemisegError
 from semiseg.models.encoder import ENCODER_SPECS, check_keys, read_state_dict
 from semiseg.models.segmentor import Segmentor
 
 TASK_FUSION = {"segmentation": "identity", "change_detection": "absdiff"}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # (ours, official) key patterns for the DPT head; official refinenet4.resConfUnit1 is never used and is dropped.
 _HEAD_KEY_MAP = [
