@@ -48,17 +48,19 @@ def test_help_does_not_import_torch():
 @pytest.mark.parametrize(
     "cmd,message",
     [
-        (["semiseg", "train", "--config", "nope.yaml", "--out", "x"], "config file not found"),
-        (["semiseg", "train", "--config", "configs/pascal.yaml", "--out", "x", "--set", "data.crop_sise=5"],
+        (["semiseg", "train", "--config", "nope.yaml", "--out", "OUT"], "config file not found"),
+        (["semiseg", "train", "--config", "configs/pascal.yaml", "--out", "OUT", "--set", "data.crop_sise=5"],
          "did you mean 'crop_size'"),
-        (["semiseg", "train", "--config", "configs/pascal.yaml", "--out", "x"], "data.root is not set"),
+        (["semiseg", "train", "--config", "configs/pascal.yaml", "--out", "OUT"], "data.root is not set"),
         (["semicd", "eval", "--checkpoint", "missing.pt", "--config", "configs/levir_cd.yaml"], "checkpoint not found"),
         (["semicd", "predict", "--before", "a.tif", "--after", "b.tif", "--checkpoint", "c.pt", "--out", "o.tif"],
          "input raster not found"),
     ],
 )  # fmt: skip
 def test_user_errors_are_one_line_with_non_zero_exit(cmd, message, tmp_path):
+    cmd = [str(tmp_path / "run") if c == "OUT" else c for c in cmd]
     proc = subprocess.run([sys.executable, "-m", *cmd], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert not (tmp_path / "run").exists()  # a refused run leaves no run folder that looks like a run
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

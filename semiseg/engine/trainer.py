@@ -111,17 +111,17 @@ def _autocast(cfg: Config, device: torch.device):
 
 
 def _train(cfg: Config, out: Path, info: DistInfo, device: torch.device, progress: bool | None) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out, info.is_main)
     latest = out / "latest.pt"
     ckpt = load_checkpoint(latest) if latest.exists() else None
     if ckpt is not None:
         _check_resume_compatible(ckpt["config"], cfg, latest)
-    if info.is_main:
-        dump_config(cfg, out / "config.yaml")
     _seed_all(cfg.train.seed * 1000 + info.rank)
 
-    data: DataBundle = build_datasets(cfg)
+    data: DataBundle = build_datasets(cfg)  # bad data fails here, before anything is written to `out`
+    out.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out, info.is_main)
+    if info.is_main:
+        dump_config(cfg, out / "config.yaml")
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     method = build_method(cfg, mean, std)
     model = build_model(
