@@ -37,6 +37,7 @@ from semiseg.engine.sampler import EpochSampler, ShardSampler
 from semiseg.errors import SemisegError
 from semiseg.inference import evaluate
 from semiseg.methods import Batch, Models, build_method
+from semiseg.metrics import primary_metric
 from semiseg.models.loading import build_model
 
 # Settings that change what the weights mean: a resumed run must agree on them.
@@ -51,10 +52,6 @@ class TrainState:
     best: dict[str, float] = field(
         default_factory=dict
     )  # {"student": .., "ema": .., "value": .., "epoch": ..}
-
-
-def metric_key(task: str) -> str:
-    return "miou" if task == "segmentation" else "iou"
 
 
 def train(cfg: Config, out: str | Path, progress: bool | None = None) -> dict[str, Any]:
@@ -259,7 +256,7 @@ def _train(cfg: Config, out: Path, info: DistInfo, device: torch.device, progres
                 f"stopped at train.max_iters={cfg.train.max_iters}; run again with the same --out to resume"
             )
             break
-    log.plot_curves(metric_key(cfg.task))
+    log.plot_curves(primary_metric(cfg.task))
     log.close()
     return {"state": state, "best": dict(state.best)}
 
@@ -313,7 +310,7 @@ def _record(cfg: Config, log: RunLog, state: TrainState, scores: dict[str, dict]
     """Log one evaluation (log.txt, metrics.csv, TensorBoard) and update the best; True if this is a new best.
 
     `epoch` is fractional after a mid-epoch stop (train.max_iters)."""
-    key = metric_key(cfg.task)
+    key = primary_metric(cfg.task)
     epoch = int(epoch) if float(epoch).is_integer() else round(epoch, 3)
     row: dict[str, Any] = {"epoch": epoch, "iteration": state.iteration}
     for source, s in scores.items():

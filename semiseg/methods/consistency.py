@@ -40,10 +40,8 @@ class Consistency(Method):
         if grayscale is None:
             grayscale = 0.2 if cfg.task == "segmentation" else 0.0
         self.strong = StrongViews(grayscale_p=grayscale, mean=mean, std=std)
-        for extra in self.extras:  # extras that run the models need the method's normalisation
-            bind = getattr(extra, "bind", None)
-            if bind is not None:
-                bind(self)
+        for extra in self.extras:
+            extra.bind(self)
 
     def teacher_labels(self, models: Models, images: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         for extra in self.extras:

@@ -43,6 +43,18 @@ class Extra:
     """Base class of an extra term. Override what you need; defaults do nothing."""
 
     name = "extra"
+    norm = None  # the base method's normalisation, set by `bind`
+
+    def bind(self, method: Any) -> None:
+        """Called once by the method that carries this extra: extras that run a model see the same input."""
+        self.norm = method.norm
+
+    def normed(self, images: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        if self.norm is None:
+            raise RuntimeError(
+                f"{self.name} was not bound to its method (Consistency calls extra.bind(self))"
+            )
+        return self.norm(images)
 
     def pseudo_labels(
         self, ctx_models: Models, images: tuple[torch.Tensor, ...]

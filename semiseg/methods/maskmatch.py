@@ -29,8 +29,6 @@ Our choices, since only the abstract is confirmed (defaults in `method.maskmatch
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -108,19 +106,9 @@ class MaskMatch(Extra):
             raise SemisegError(f"method.maskmatch.weight must be non-negative, got {m.weight}")
         self.cfg = m
         self.tau = cfg.method.conf_thresh
-        self.norm = None  # the method's normalisation, set by `bind`
-
-    def bind(self, method: Any) -> None:
-        """Take the base method's normalisation (teacher and masked student see the same input as the base)."""
-        self.norm = method.norm
-
-    def _normed(self, images: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        if self.norm is None:
-            raise RuntimeError("MaskMatch was not bound to its method (Consistency calls extra.bind(self))")
-        return self.norm(images)
 
     def _ensemble(self, teacher: nn.Module, images: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        probs = multiscale_probs(teacher, self._normed(images), list(self.cfg.scales))
+        probs = multiscale_probs(teacher, self.normed(images), list(self.cfg.scales))
         conf, plabel = probs.max(1)
         return conf, plabel, probs
 
@@ -139,7 +127,7 @@ class MaskMatch(Extra):
             conf, plabel, _ = self._ensemble(ctx.models.teacher, images)
         b, _, h, w = images[0].shape
         mask = block_mask(b, h, w, self.cfg.block_size, self.cfg.mask_ratio, images[0].device)
-        pred = ctx.models.student(*apply_mask(self._normed(images), mask))
+        pred = ctx.models.student(*apply_mask(self.normed(images), mask))
         term = pseudo_label_loss(pred, plabel, conf, ctx.unlabeled.ignore, self.tau)
         logs = {"loss_mask": float(term.detach()), "mask_ratio_actual": mask.float().mean().item()}
         return term, self.cfg.weight, logs

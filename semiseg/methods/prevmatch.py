@@ -43,6 +43,7 @@ from semiseg.config import Config
 from semiseg.errors import SemisegError
 from semiseg.methods.extras import Extra, StepContext, register_extra
 from semiseg.methods.losses import pseudo_label_loss
+from semiseg.metrics import primary_metric
 
 Snapshot = dict[str, torch.Tensor]
 
@@ -101,15 +102,10 @@ class PrevMatch(Extra):
                 stacklevel=2,
             )
         self.cfg = p
-        self.metric = "miou" if cfg.task == "segmentation" else "iou"
+        self.metric = primary_metric(cfg.task)
         self.snapshots: list[Snapshot] = []
         self.snapshot_epochs: list[int] = []
         self.best: float = -math.inf
-        self.norm = None  # the method's normalisation, set by `bind`
-
-    def bind(self, method: Any) -> None:
-        """Take the base method's normalisation (the snapshots see the same weak input as the teacher)."""
-        self.norm = method.norm
 
     # ---- snapshot store ----------------------------------------------------------------------------------
     def _store_device(self, like: torch.Tensor) -> torch.device:
@@ -159,13 +155,12 @@ class PrevMatch(Extra):
         if not self.snapshots:
             return None  # before the first snapshot: the base loss alone
         weight = triangle_weight(ctx.iteration, ctx.total_iters)
-        if self.norm is None:
-            raise RuntimeError("PrevMatch was not bound to its method (Consistency calls extra.bind(self))")
+        weak = self.normed(ctx.unlabeled.images)
         device = ctx.unlabeled.images[0].device
         self._place_store(device)
         indices, mix = draw_ensemble(len(self.snapshots), self.cfg.max_ensemble)
         chosen = [self._on(self.snapshots[i], device) for i in indices]
-        logits = ensemble_logits(ctx.models.raw_student, chosen, mix, self.norm(ctx.unlabeled.images))
+        logits = ensemble_logits(ctx.models.raw_student, chosen, mix, weak)
         conf_prev, plabel_prev = logits.softmax(1).max(1)
         terms = []
         for view, pred, (_, _, ignore_mixed) in zip(ctx.views, ctx.pred_s, ctx.targets):
