@@ -243,7 +243,7 @@ def _train(cfg: Config, out: Path, info: DistInfo, device: torch.device, progres
         due = epoch_done and (state.epoch % cfg.train.eval_every == 0 or state.epoch == cfg.train.epochs)
         scores, is_best = None, False
         if due or stopped_early:  # a mid-epoch stop is scored too, so best.pt always exists
-            scores = _evaluate_all(cfg, model, ema, val_loader, device, data)
+            scores = _evaluate_all(cfg, model, ema, val_loader, device)
             is_best = _record(cfg, log, state, scores, state.epoch + state.batch_in_epoch / iters_per_epoch)
         if epoch_done:
             method.on_epoch_end(model, state.epoch, scores)
@@ -275,7 +275,7 @@ def _fmt(logs: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.3g}" for k, v in logs.items())
 
 
-def _evaluate_all(cfg, model, ema, loader, device, data: DataBundle) -> dict[str, dict]:
+def _evaluate_all(cfg, model, ema, loader, device) -> dict[str, dict]:
     """Scores of the student and/or EMA; runs on a forked RNG so evaluating never changes the training draws."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         return _evaluate_models(cfg, model, ema, loader, device)
