@@ -1,6 +1,8 @@
-"""semiseg: the shared engine (models, methods, trainer) and semi-supervised semantic segmentation.
+"""semiseg: the engine of the toolkit (models, methods, training, inference, GeoTIFF I/O) and the segmentation task.
 
-Heavy imports (torch, timm) are deferred so `semiseg --help` and `import semiseg` stay fast.
+The engine serves every task through `semiseg.task.Task`; the segmentation task lives in `semiseg.segmentation`
+and change detection in the `semicd` package. Heavy imports (torch, timm) are deferred so `semiseg --help` and
+`import semiseg` stay fast.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from semiseg.errors import SemisegError
 
 
 def load_model(path: Any, task: str | None = None, which: str = "auto") -> Any:
-    """Load any checkpoint the toolkit knows (ours or official UniMatch V2); see `semiseg.models.loading`."""
-    from semiseg.models.loading import load_model as _load
+    """Load any checkpoint the toolkit knows (ours or official UniMatch V2); see `semiseg.models.checkpoints`."""
+    from semiseg.models.checkpoints import load_model as _load
 
     return _load(path, task=task, which=which)

@@ -1,5 +1,7 @@
+"""`python -m semiseg` (and `torchrun -m semiseg`): the `semiseg` command."""
+
 import sys
 
-from semiseg.cli import main
+from semiseg.segmentation.cli import main
 
 sys.exit(main())

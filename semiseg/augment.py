@@ -1,7 +1,7 @@
 """On-device photometric strong augmentation and CutMix (UniMatch V2 / FixMatch strong views).
 
 Geometry (rescale, crop, flip) is done in the DataLoader workers and shared by every image of a sample
-(`semiseg.data.geometry`). What is left for the training device is what the official code does per strong
+(`semiseg.data.geometry`); normalisation uses the model's mean/std (`semiseg.models.normalize`). What is left for the training device is what the official code does per strong
 view:
 
 1. photometric noise, drawn independently for every image *and every date* (a before/after pair gets two
@@ -37,33 +37,10 @@ import torch
 from torch import Tensor, nn
 
 from semiseg.errors import SemisegError
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from semiseg.models.normalize import normalize
 
 # Covers +/- 3 sigma at the largest blur sigma (2.0): 2 * ceil(3 * 2.0) + 1.
 BLUR_KERNEL_SIZE = 13
-
-
-def normalize(
-    x: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-) -> Tensor:
-    """Turn B x C x H x W images (uint8 0..255, or float 0..1) into the float input the models expect.
-
-    uint8 is divided by 255 first, so callers can hand over the raw dataset tensors; floats are taken as
-    [0, 1].
-    """
-    if x.dim() != 4:
-        raise ValueError(f"normalize expects B x C x H x W images, got shape {tuple(x.shape)}")
-    if x.shape[1] != len(mean) or len(mean) != len(std):
-        raise SemisegError(
-            f"images have {x.shape[1]} channels but the normalisation has {len(mean)} means and "
-            f"{len(std)} stds; set the dataset's mean/std to one value per band"
-        )
-    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - m) / s
 
 
 def _seed_from(generator: torch.Generator) -> int:
@@ -188,13 +165,6 @@ def _mix(box: Tensor, x: Tensor, partner: Tensor) -> Tensor:
     return torch.where(mask, partner, x)
 
 
-def apply_cutmix(boxes: Tensor, images: Sequence[Tensor], mix_images: Sequence[Tensor]) -> tuple[Tensor, ...]:
-    """Paste `mix_images` into `images` inside `boxes` (B x H x W), the same box for every date."""
-    if len(images) != len(mix_images):
-        raise ValueError(f"{len(images)} images but {len(mix_images)} images to mix in")
-    return tuple(_mix(boxes, x, m) for x, m in zip(images, mix_images))
-
-
 def mix_with_reversed(boxes: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
     """CutMix each tensor (B x H x W maps or B x C x H x W images) with its own batch reversed, as officially.
 
@@ -222,10 +192,10 @@ class StrongViews:
 
     def __init__(
         self,
+        mean: Sequence[float],
+        std: Sequence[float],
         grayscale_p: float = 0.2,
         cutmix_p: float = 0.5,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
         augment: StrongAugment | None = None,
     ) -> None:
         self.augment = augment if augment is not None else StrongAugment(grayscale_p=grayscale_p)

@@ -1,92 +1,250 @@
-"""`semiseg`: train, evaluate, predict and make splits for semi-supervised semantic segmentation."""
+"""Command-line plumbing every task's command shares: the parser, one-line errors, and the commands each offers.
+
+A task's front-end (`semiseg.segmentation.cli`, `semicd.cli`) calls `make_parser(task)` and adds its own
+commands; everything here is worded from the `Task` (its command name and title), never from a task name.
+Nothing heavy is imported at module level: torch, timm and rasterio load inside the command handlers, so `--help`
+answers at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from semiseg import __version__
-from semiseg.cli_common import add_common_commands, run_cli
 from semiseg.errors import SemisegError
+from semiseg.task import Task
+
+Handler = Callable[[argparse.Namespace], int | None]
 
 
-def cmd_splits(args: argparse.Namespace) -> int:
-    from pathlib import Path
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default (none shown for flags and options without one)."""
 
-    from semiseg.data.splits import list_training_images, list_val_images, make_splits, parse_labeled_amount
-
-    items = list_training_images(args.dataset, args.root)
-    val = list_val_images(args.dataset, args.root) if not args.no_val else []
-    files = make_splits(items, parse_labeled_amount(args.labeled), args.seed, Path(args.out), val)
-    n = sum(1 for line in open(files.labeled) if line.strip())
-    print(f"wrote {files.labeled} ({n} labeled of {len(items)}), {files.unlabeled}, {files.val}")
-    return 0
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from semiseg.predict_images import predict_folder, predict_scene_cli
+def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse, dispatch, and turn user errors into one line on stderr and a non-zero exit code."""
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except SemisegError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
 
-    if args.image:
-        return predict_scene_cli(args, task="segmentation")
-    if not args.input:
-        raise SemisegError("give --image scene.tif (GeoTIFF) or --input folder/ (plain images)")
-    return predict_folder(args)
+
+def record_command(path: Path, args: argparse.Namespace, result: dict | None = None) -> Path:
+    """Write what the command was asked (its resolved arguments) and its summary beside its outputs."""
+    from semiseg.io import write_run_record
+
+    arguments = {k: v for k, v in vars(args).items() if k not in ("handler", "command_name")}
+    command = f"{Path(sys.argv[0]).name} {getattr(args, 'command_name', '')}".strip()
+    return write_run_record(path, command, arguments, result)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_command(sub: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+    p.set_defaults(handler=handler, command_name=name)
+    return p
+
+
+def add_config_args(p: argparse.ArgumentParser, config_required: bool) -> None:
+    p.add_argument("--config", required=config_required, help="YAML config (see configs/README.md)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set data.root=/data/VOC (repeatable; values parsed as YAML)",
+    )  # fmt: skip
+
+
+def _load_config(args: argparse.Namespace, task: Task):
+    from semiseg.config import load_config
+
+    return load_config(args.config, args.overrides, task=task.name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# train, eval, export
+
+
+def cmd_train(task: Task) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        cfg = _load_config(args, task)
+        if args.print_config:
+            from semiseg.config import config_yaml
+
+            print(config_yaml(cfg), end="")
+            return 0
+        if not args.out:
+            raise SemisegError("--out is required: the run folder (config.yaml, logs, metrics, checkpoints)")
+        from semiseg.train.loop import train
+
+        result = train(cfg, Path(args.out))
+        print(json.dumps({"out": str(args.out), "best": result["best"]}))
+        return 0
+
+    return handler
+
+
+def cmd_eval(task: Task) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        from torch.utils.data import DataLoader
+
+        from semiseg.data.build import build
+        from semiseg.devices import pick_device
+        from semiseg.inference import evaluate
+        from semiseg.models.checkpoints import load_model
+
+        model = load_model(args.checkpoint, task=task.name, which=args.which)
+        if args.config is None and not args.overrides:
+            raise SemisegError(
+                "say which data to score on: --config CONFIG and/or --set data.root=... data.split=..."
+            )
+        cfg = _load_config(args, task)
+        if cfg.data.nclass != model.nclass:
+            raise SemisegError(
+                f"{args.checkpoint} predicts {model.nclass} classes but the config says data.nclass={cfg.data.nclass}"
+            )
+        data = build(cfg, "eval")  # the evaluation list only: no training list is read or needed
+        device = pick_device(args.device)
+        loader = DataLoader(data.val, batch_size=1, num_workers=min(cfg.data.workers, 4))
+        scores = evaluate(
+            model.to(device), loader, model.nclass, task, mode=args.mode or cfg.eval.mode, window=cfg.eval.window,
+            stride=cfg.eval.stride, flip_tta=args.tta or cfg.eval.flip_tta, device=device,
+            progress=sys.stderr.isatty(),
+        )  # fmt: skip
+        if "iou_per_class" in scores:
+            scores["iou_per_class"] = dict(zip(data.classes, scores["iou_per_class"]))
+        print(json.dumps({"checkpoint": str(args.checkpoint), "images": len(data.val), **scores}, indent=2))
+        return 0
+
+    return handler
+
+
+def cmd_export(task: Task) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        from semiseg.models.checkpoints import export_model, load_model
+
+        model = load_model(args.checkpoint, task=task.name, which=args.which)
+        path = export_model(model, args.out, {"classes": model.meta["classes"]})
+        print(f"wrote {path} and {path.with_suffix('.yaml')}")
+        return 0
+
+    return handler
+
+
+WHICH_HELP = (
+    "which weights of a checkpoint: the EMA teacher, the student (model), or auto (the one that scored best)"
+)
+
+
+def make_parser(task: Task, description: str) -> tuple[argparse.ArgumentParser, Any]:
+    """The parser of a task's command with the commands every task has: train, eval, export."""
     parser = argparse.ArgumentParser(
-        prog="semiseg",
-        description="Semi-supervised semantic segmentation (UniMatch V2, FixMatch, supervised).",
+        prog=task.command, description=description, formatter_class=HelpFormatter
     )
-    parser.add_argument("--version", action="version", version=f"semiseg {__version__}")
+    parser.add_argument("--version", action="version", version=f"{task.command} {__version__}")
     sub = parser.add_subparsers(title="commands")
-    add_common_commands(sub, "segmentation")
 
-    p = sub.add_parser(
-        "predict", help="class masks for a folder of images, or a class map for a GeoTIFF scene"
+    p = add_command(
+        sub, "train", cmd_train(task), f"train a {task.title} model (resumes when --out holds latest.pt)"
+    )
+    add_config_args(p, config_required=True)
+    p.add_argument("--out", help="run folder: config.yaml, log.txt, metrics.csv, checkpoints")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (bases, task defaults, --set) and exit",
+    )
+
+    p = add_command(
+        sub,
+        "eval",
+        cmd_eval(task),
+        "score a checkpoint (ours or official UniMatch V2) on the evaluation list",
     )
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--input", help="folder (or single file) of images; writes <out>/<name>.png palette masks")
-    p.add_argument("--image", help="a GeoTIFF scene; writes a georeferenced class map to --out")
-    p.add_argument("--out", required=True)
-    add_predict_options(p)
-    p.set_defaults(handler=cmd_predict)
+    add_config_args(p, config_required=False)
+    p.add_argument("--which", choices=["auto", "ema", "model"], default="auto", help=WHICH_HELP)
+    p.add_argument("--mode", choices=["original", "sliding_window"], default=None, help="override eval.mode")
+    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped prediction")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
-    p = sub.add_parser("splits", help="write seeded labeled/unlabeled/val lists for a dataset")
-    p.add_argument("--dataset", required=True, choices=["pascal", "cityscapes", "ade20k", "coco", "folder"])
-    p.add_argument("--root", required=True)
+    p = add_command(sub, "export", cmd_export(task), "write release weights: <out>.safetensors + <out>.yaml")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="output path without extension")
+    p.add_argument("--which", choices=["auto", "ema", "model"], default="auto", help=WHICH_HELP)
+    return parser, sub
+
+
+# ---------------------------------------------------------------------------------------------------------
+# predict over GeoTIFF scenes
+
+
+def add_scene_options(p: argparse.ArgumentParser) -> None:
+    """The options of tile-and-predict over a GeoTIFF scene, the same for every task."""
     p.add_argument(
-        "--labeled", required=True, help="a count (92), a fraction (1/16, 0.25) or a percentage (5%%)"
+        "--window", type=int, default=504, help="window side in px, a multiple of the model's patch size"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="folder for labeled.txt, unlabeled.txt, val.txt")
-    p.add_argument("--no-val", action="store_true", help="do not list the val set")
-    p.set_defaults(handler=cmd_splits)
-    return parser
-
-
-def add_predict_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--window", type=int, default=504, help="window side in px, a multiple of 14 (default 504)"
-    )
-    p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction (default 0.25)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers reading windows")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--bands", help="1-based bands to use, e.g. 1,2,3 (default: the first three)")
+    p.add_argument(
+        "--bands", help="1-based bands to use, e.g. 1,2,3 (default: the first as many as the model takes)"
+    )
     p.add_argument("--nodata", type=float, default=None, help="treat this input value as nodata")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped prediction")
     p.add_argument("--probs", help="also write a probability raster (uint8 0-254, 255 nodata)")
     p.add_argument("--polygons", help="also write polygons (.gpkg or .geojson)")
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this many m²")
-    p.add_argument("--which", choices=["auto", "ema", "model"], default="auto")
+    p.add_argument("--which", choices=["auto", "ema", "model"], default="auto", help=WHICH_HELP)
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast on the device")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(build_parser(), argv)
+def _bands(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(b) for b in text.split(",")]
+    except ValueError:
+        raise SemisegError(
+            f"--bands {text!r}: give 1-based band numbers separated by commas, e.g. 1,2,3"
+        ) from None
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def predict_scene_command(args: argparse.Namespace, task: Task, rasters: Sequence[str]) -> int:
+    """The body of every task's GeoTIFF `predict`: check inputs, load the model, tile-and-predict, record."""
+    from semiseg.devices import pick_device
+    from semiseg.models.checkpoints import load_model
+    from semiseg.predict import predict_scene
+
+    for path in rasters:
+        if not Path(path).exists():
+            raise SemisegError(f"input raster not found: {path}")
+    model = load_model(args.checkpoint, task=task.name, which=args.which)
+    summary = predict_scene(
+        model, rasters, args.out, device=pick_device(args.device), amp=args.amp, align=getattr(args, "align", "error"),
+        bands=_bands(args.bands), nodata=args.nodata, window=args.window, overlap=args.overlap,
+        batch_size=args.batch_size, num_workers=args.workers, probs_path=args.probs, polygons_path=args.polygons,
+        threshold=getattr(args, "threshold", None), tta=args.tta, min_area_m2=args.min_area,
+        tags={"classes": ",".join(model.meta["classes"]), "checkpoint": Path(args.checkpoint).name,
+              "checkpoint_sha256": model.meta["source_sha256"], "task": task.name},
+    )  # fmt: skip
+    out = Path(args.out)
+    record_command(out.with_name(out.stem + ".predict.yaml"), args, summary)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0

@@ -3,10 +3,24 @@
 Configuration is data validated in exactly one place: unknown keys and wrong types are errors that name the key
 (and the nearest valid one), so a typo never silently falls back to a default. Code downstream only sees typed
 dataclasses, never raw dicts.
+
+How a config is resolved, lowest layer first:
+
+1. the schema defaults below;
+2. the task's defaults (`semiseg.task.Task.defaults`, e.g. change detection's 0.8-1.2 rescale and 2 classes),
+   then the chosen dataset's (e.g. Cityscapes' 19 classes);
+3. the config file, after the file it names as `base:` (a path relative to the file; bases may chain), so a
+   config holds only what differs from its base;
+4. `--set` overrides.
+
+A null value means "the default" for keys that cannot be null. A `data.*` option that the chosen dataset does
+not read is refused, never ignored. Every key's meaning lives in its `doc` below; `configs/README.md` is
+generated from it (`python tools/config_docs.py`), so the two cannot drift.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -18,119 +32,193 @@ from typing import Any, Literal
 import yaml
 
 from semiseg.errors import SemisegError
+from semiseg.methods.registry import EXTRAS, METHODS
+from semiseg.models.specs import ENCODER_SPECS, encoder_spec
+from semiseg.task import DatasetSpec, Task, get_task
+
+
+def _opt(default: Any, doc: str) -> Any:
+    """A config field with its documentation (read by `config_reference`)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "pascal"  # pascal|cityscapes|ade20k|coco|folder|levir_cd|whu_cd|change_tiles|geotiff_pair
-    root: str | None = None
-    split: str | None = (
-        None  # a split name under datasets/<dataset>/, or a folder with labeled/unlabeled/val lists
+    dataset: str | None = _opt(None, "which dataset (see the table above); each task has its default")
+    root: str | None = _opt(None, "dataset root (layouts: `datasets/README.md`)")
+    split: str | None = _opt(
+        None,
+        "a split name under `datasets/<dataset>/` (change detection: also `<root>/splits/<name>`) or a folder "
+        "with `labeled.txt`, `unlabeled.txt` and `val.txt` (val may sit in the parent folder, as in the "
+        "official repository)",
     )
-    nclass: int = 21
-    crop_size: int = 518
-    batch_size: int = 4  # per process, for labeled and unlabeled loaders alike (official rule)
-    workers: int = 4
-    unlabeled_root: str | None = None  # unlabeled images from another folder / dataset (large-scale setting)
-    unlabeled_list: str | None = None
-    val_list: str | None = None  # override the split's val list (e.g. test.txt for change detection)
-    ratio_range: tuple[float, float] = (0.5, 2.0)
-    base_size: int | None = None  # None: scale relative to each image's own size (official)
-    hflip: float = 0.5
-    vflip: float = 0.0
-    rot90: bool = False
-    classes: list[str] | None = None
-    nsample: int | None = (
-        None  # supervised only: labeled samples per epoch (official 3000 VOC/Cityscapes, ...)
+    nclass: int | None = _opt(None, "number of classes; masks hold values in [0, nclass) or 255 (ignore)")
+    crop_size: int = _opt(518, "training crop side in px, a multiple of the encoder's patch size (14)")
+    batch_size: int = _opt(
+        4, "per process, for the labeled and the unlabeled loader alike (supervised runs use twice this)"
     )
-    # geotiff_pair only (change detection straight from a scene); see semicd/data/geotiff_pair.py
-    before: str | None = None
-    after: str | None = None
-    label: str | None = None  # label raster (0/255 or 0/1) or vector file of change polygons
-    window: int = 256
-    bands: list[int] | None = None
-    min_valid: float = 0.5
-    areas: dict[str, str] | None = (
-        None  # {labeled|unlabeled|val: polygon file}; else seeded random window split
+    workers: int = _opt(4, "DataLoader worker processes per loader")
+    unlabeled_root: str | None = _opt(None, "unlabeled images from another folder (large-scale setting)")
+    unlabeled_list: str | None = _opt(None, "unlabeled list to use instead of the split's `unlabeled.txt`")
+    val_list: str | None = _opt(
+        None,
+        "evaluation list: a path, or a list name (change-detection tiles: `test`, the official protocol, by "
+        "default; `val` for honest model selection)",
     )
-    fractions: tuple[float, float] = (0.1, 0.2)  # labeled / val windows when no areas (the rest is unlabeled)
+    ratio_range: tuple[float, float] = _opt((0.5, 2.0), "random rescale range, relative to each image's size")
+    base_size: int | None = _opt(None, "if set, rescale the long side to `ratio × base_size` instead")
+    hflip: float = _opt(0.5, "probability of a horizontal flip of a training crop")
+    vflip: float = _opt(0.0, "probability of a vertical flip (ours; off in the official recipes)")
+    rot90: bool = _opt(False, "random 0/90/180/270° rotations (ours; off in the official recipes)")
+    classes: list[str] | None = _opt(None, "class names for logs and outputs (default: the dataset's)")
+    nsample: int | None = _opt(
+        None,
+        "supervised runs: labeled crops per epoch, the list being repeated (official: 3000 Pascal, Cityscapes, "
+        "LEVIR-CD and WHU-CD; 6000 ADE20K; 30000 COCO). Semi-supervised runs repeat the labeled list to the "
+        "unlabeled count instead",
+    )
+    ignore_mask_values: list[int] = _opt([], "mask values to read as ignore (255), e.g. an 'unknown' class")
+    before: str | None = _opt(None, "the earlier-date GeoTIFF of the scene")
+    after: str | None = _opt(None, "the later-date GeoTIFF, on the same grid")
+    label: str | None = _opt(
+        None, "a label raster (0/255 or 0/1) on the same grid, or a vector file of change polygons"
+    )
+    window: int = _opt(256, "side in px of the training windows laid over the scene")
+    bands: list[int] | None = _opt(None, "1-based bands to read (default 1, 2, 3)")
+    min_valid: float = _opt(0.5, "skip windows valid (not nodata) in both dates for less than this fraction")
+    areas: dict[str, str] | None = _opt(
+        None, "`{labeled: file, unlabeled: file, val: file}` polygon files assigning windows by their centre"
+    )
+    fractions: tuple[float, float] = _opt(
+        (0.1, 0.2),
+        "without `areas`: seeded random labeled / val fractions of the windows (the rest unlabeled)",
+    )
 
 
 @dataclass
 class ModelConfig:
-    encoder: str = "base"  # tiny|small|base|large|giant
-    weights: str | None = None  # path to dinov2_vit*14_pretrain.pth, "hub", or null (random init)
+    encoder: str = _opt(
+        "base", "encoder size: `tiny` (ours, tests and demos), `small`, `base`, `large`, `giant`"
+    )
+    weights: str | None = _opt(
+        None,
+        "encoder weights: a `dinov2_vit*14_pretrain.pth` (or timm state dict / safetensors), `hub` (timm hub, "
+        "needs network once) or null (random init)",
+    )
 
 
 @dataclass
 class PrevMatchConfig:
-    max_snapshots: int = 8
-    trigger: Literal["every_k_epochs", "best_val"] = "every_k_epochs"
-    every_k: int = 1
-    max_ensemble: int = 3
-    conf_thresh: float = 0.9
-    snapshot_device: Literal["cpu", "device"] = "cpu"
+    max_snapshots: int = _opt(8, "store size; the oldest snapshot leaves first (paper: 8, 5 on COCO/ADE20K)")
+    trigger: Literal["every_k_epochs", "best_val"] = _opt(
+        "every_k_epochs",
+        "`every_k_epochs`: a snapshot after every `every_k`-th epoch. `best_val`: a snapshot when the evaluated "
+        "student's primary metric is a new best, as officially; with `data.val_list: test` that selects on the "
+        "test set (a warning says so)",
+    )
+    every_k: int = _opt(1, "epochs between snapshots for `every_k_epochs`")
+    max_ensemble: int = _opt(
+        3, "at most this many snapshots per iteration (k ~ U{1..k_max}, Dirichlet weights)"
+    )
+    conf_thresh: float = _opt(0.9, "confidence threshold of the previous-guidance pseudo-labels")
+    snapshot_device: Literal["cpu", "device"] = _opt(
+        "cpu",
+        "`cpu`: snapshots in host memory (pinned on CUDA), the drawn ones copied each iteration; `device`: all "
+        "on the accelerator (no copies; `max_snapshots` × model size of its memory)",
+    )
 
 
 @dataclass
 class MaskMatchConfig:
-    mask_ratio: float = 0.7
-    block_size: int = 28
-    weight: float = 1.0
-    scales: list[float] = field(default_factory=lambda: [0.75, 1.0, 1.25])
-    multiscale_plabels: bool = True  # the base method's pseudo-labels use the multi-scale ensemble too
+    mask_ratio: float = _opt(0.7, "fraction of grid blocks hidden per image, in [0, 1)")
+    block_size: int = _opt(
+        28, "block side in px, a multiple of the patch size (blocks align with the patch grid)"
+    )
+    weight: float = _opt(1.0, "λ of the masked-consistency term")
+    scales: list[float] = _opt(
+        [0.75, 1.0, 1.25], "teacher input scales; probabilities resized back to the crop and averaged"
+    )
+    multiscale_plabels: bool = _opt(
+        True, "the base method's pseudo-labels use the multi-scale ensemble too (false: only the masked term)"
+    )
 
 
 @dataclass
 class MethodConfig:
-    name: Literal["supervised", "fixmatch", "unimatch_v2"] = "unimatch_v2"
-    conf_thresh: float = 0.95
-    teacher: Literal["ema", "student"] = "ema"
-    extras: list[str] = field(default_factory=list)  # prevmatch, maskmatch
-    ema_decay: float = 0.996
-    comp_drop: bool = True  # unimatch_v2: complementary dropout on the strong views' features
-    grayscale_p: float | None = None  # None: 0.2 for segmentation, 0 for change detection (official)
-    loss: Literal["ce", "ohem"] = "ce"
-    ohem_thresh: float = 0.7
-    ohem_min_kept: int = 200000
-    prevmatch: PrevMatchConfig = field(default_factory=PrevMatchConfig)
-    maskmatch: MaskMatchConfig = field(default_factory=MaskMatchConfig)
+    name: str = _opt(
+        "unimatch_v2",
+        "`supervised`, `fixmatch` (one strong view), `unimatch_v2` (two views + complementary dropout)",
+    )
+    conf_thresh: float = _opt(0.95, "pseudo-label confidence threshold τ")
+    teacher: Literal["ema", "student"] = _opt(
+        "ema",
+        "who makes the pseudo-labels: the EMA model or the online student; the EMA is kept and evaluated either way",
+    )
+    extras: list[str] = _opt([], "extra terms on top of fixmatch / unimatch_v2: `prevmatch`, `maskmatch`")
+    ema_decay: float = _opt(0.996, "EMA cap: α = min(1 − 1/(it+1), ema_decay)")
+    comp_drop: bool = _opt(
+        True, "unimatch_v2: complementary channel dropout on the two strong views' features"
+    )
+    grayscale_p: float = _opt(0.2, "strong-view grayscale probability")
+    loss: Literal["ce", "ohem"] = _opt("ce", "labeled loss: cross-entropy or OHEM (Cityscapes)")
+    ohem_thresh: float = _opt(0.7, "OHEM: keep pixels whose true-class probability is at most this")
+    ohem_min_kept: int = _opt(200000, "OHEM: keep at least this many pixels")
+    prevmatch: PrevMatchConfig = field(
+        default_factory=PrevMatchConfig, metadata={"doc": "see `method.prevmatch`"}
+    )
+    maskmatch: MaskMatchConfig = field(
+        default_factory=MaskMatchConfig, metadata={"doc": "see `method.maskmatch`"}
+    )
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 5.0e-6
-    lr_multi: float = 40.0
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    poly_power: float = 0.9
+    lr: float = _opt(5.0e-6, "encoder learning rate (scale linearly with the global batch)")
+    lr_multi: float = _opt(40.0, "learning-rate multiplier for every other parameter (fusion, head)")
+    weight_decay: float = _opt(0.01, "AdamW weight decay, on all parameters")
+    betas: tuple[float, float] = _opt((0.9, 0.999), "AdamW betas")
+    poly_power: float = _opt(
+        0.9, "poly schedule lr·(1 − it/total)^power, updated every iteration, no warm-up"
+    )
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 60
-    max_iters: int | None = None  # stop after this many iterations (the LR schedule still spans `epochs`)
-    eval_every: int = 1  # epochs
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    seed: int = 0
-    device: str = "auto"  # auto|cpu|cuda|cuda:N
-    log_every: int = 20  # iterations
-    save_every: int = 1  # epochs
-    grad_clip: float | None = None
+    epochs: int = _opt(60, "epochs (one epoch is one pass over the unlabeled set)")
+    max_iters: int | None = _opt(
+        None, "stop after this many iterations (the schedule still spans `epochs`); run again to resume"
+    )
+    eval_every: int = _opt(1, "epochs between evaluations")
+    amp: Literal["none", "bf16", "fp16"] = _opt(
+        "none", "autocast: `none` (fp32, as the paper), `bf16`, `fp16` (CUDA)"
+    )
+    seed: int = _opt(0, "seed of every random draw")
+    device: str = _opt("auto", "`auto`, `cpu`, `cuda` or `cuda:N`")
+    log_every: int = _opt(20, "iterations between logged training losses")
+    save_every: int = _opt(1, "epochs between `latest.pt` saves")
+    grad_clip: float | None = _opt(None, "clip the gradient norm to this (null: no clipping)")
 
 
 @dataclass
 class EvalConfig:
-    mode: Literal["original", "sliding_window"] = "original"
-    window: int = 798
-    stride: int = 532
-    flip_tta: bool = False
-    model: Literal["student", "ema", "both"] = "both"
+    mode: Literal["original", "sliding_window"] = _opt(
+        "original",
+        "`original`: resize to the nearest multiple of the patch, predict, resize back; `sliding_window`: "
+        "`window` px windows every `stride` px, softmax summed",
+    )
+    window: int = _opt(798, "sliding-window side in px, a multiple of the patch size")
+    stride: int = _opt(532, "sliding-window stride in px")
+    flip_tta: bool = _opt(False, "average with the horizontally flipped prediction")
+    model: Literal["student", "ema", "both"] = _opt("both", "which model(s) to evaluate during training")
 
 
 @dataclass
 class Config:
-    task: Literal["segmentation", "change_detection"] = "segmentation"
+    task: str = _opt(
+        "segmentation", "the task: `segmentation` or `change_detection` (`semiseg` / `semicd` set it)"
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -142,7 +230,11 @@ class Config:
         return _to_plain(dataclasses.asdict(self))
 
 
-KNOWN_EXTRAS = ("prevmatch", "maskmatch")
+# `data.*` keys every dataset reads; a dataset lists the others it reads in its `DatasetSpec.keys`.
+COMMON_DATA_KEYS = frozenset(
+    {"dataset", "nclass", "crop_size", "batch_size", "workers", "ratio_range", "base_size", "hflip", "vflip",
+     "rot90", "classes", "nsample"}
+)  # fmt: skip
 
 
 def _to_plain(obj: Any) -> Any:
@@ -156,6 +248,10 @@ def _to_plain(obj: Any) -> Any:
 def _nearest(key: str, options: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _accepts_none(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -231,8 +327,37 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         if key not in names:
             prefix = f"{where}." if where else ""
             raise SemisegError(f"unknown config key {prefix}{key}{_nearest(key, names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    kwargs = {
+        k: _coerce(v, hints[k], f"{where}.{k}" if where else k)
+        for k, v in values.items()
+        if v is not None or _accepts_none(hints[k])  # null on a key that cannot be null: the default
+    }
     return cls(**kwargs)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`: mappings merge key by key, anything else (lists too) is replaced; a null in
+    `over` does not replace a value of `base` for keys that cannot be null (see `_build`)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        elif value is not None or key not in out or _nullable(key):
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# Keys that may be null (so a null in a config really clears them); computed from the schema.
+_NULLABLE_KEYS = frozenset(
+    f.name
+    for cls in (DataConfig, ModelConfig, MethodConfig, OptimConfig, TrainConfig, EvalConfig, Config)
+    for f in dataclasses.fields(cls)
+    if _accepts_none(typing.get_type_hints(cls)[f.name])
+)
+
+
+def _nullable(key: str) -> bool:
+    return key in _NULLABLE_KEYS
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -249,7 +374,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
     for text in overrides:
         path, value = parse_override(text)
         node = raw
@@ -264,55 +389,248 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def validate(cfg: Config) -> Config:
-    """Cross-field checks that a type system cannot express."""
-    if cfg.data.crop_size % 14:
+# ---------------------------------------------------------------------------------------------------------
+# Checks a type system cannot express
+
+
+def _check_data_keys(raw: dict[str, Any], dataset: str, spec: DatasetSpec, task: Task) -> None:
+    """Refuse `data.*` options the chosen dataset would not read (they would otherwise be silently ignored)."""
+    known = {
+        f.name for f in dataclasses.fields(DataConfig)
+    }  # unknown keys get their own error from the schema
+    given = {k for k, v in (raw.get("data") or {}).items() if v is not None and k in known}
+    stray = sorted(given - COMMON_DATA_KEYS - spec.keys)
+    if stray:
+        readers = [n for n, s in task.datasets.items() if stray[0] in s.keys]
+        where = (
+            f"it is read by data.dataset={' / '.join(readers)}"
+            if readers
+            else f"no {task.title} dataset reads it"
+        )
         raise SemisegError(
-            f"data.crop_size must be a multiple of 14 (DINOv2 patch size), got {cfg.data.crop_size}"
+            f"data.{stray[0]} does not apply to data.dataset={dataset} ({where}); remove it or set it to null"
+        )
+
+
+def _check_ranges(cfg: Config) -> None:
+    d, m, t, o = cfg.data, cfg.method, cfg.train, cfg.optim
+    positive = {
+        "data.batch_size": d.batch_size, "train.epochs": t.epochs, "train.eval_every": t.eval_every,
+        "train.log_every": t.log_every, "train.save_every": t.save_every,
+        "method.prevmatch.max_snapshots": m.prevmatch.max_snapshots, "method.prevmatch.every_k": m.prevmatch.every_k,
+        "method.prevmatch.max_ensemble": m.prevmatch.max_ensemble, "data.window": d.window,
+    }  # fmt: skip
+    if t.max_iters is not None:
+        positive["train.max_iters"] = t.max_iters
+    for key, value in positive.items():
+        if value < 1:
+            raise SemisegError(f"{key} must be at least 1, got {value}")
+    if d.workers < 0:
+        raise SemisegError(f"data.workers must be 0 or more, got {d.workers}")
+    if o.lr <= 0 or o.lr_multi <= 0:
+        raise SemisegError(f"optim.lr and optim.lr_multi must be positive, got {o.lr} and {o.lr_multi}")
+    lo, hi = d.ratio_range
+    if not 0 < lo <= hi:
+        raise SemisegError(f"data.ratio_range must be [low, high] with 0 < low <= high, got {[lo, hi]}")
+    fractions = {
+        "data.hflip": d.hflip, "data.vflip": d.vflip, "data.min_valid": d.min_valid,
+        "method.conf_thresh": m.conf_thresh, "method.ema_decay": m.ema_decay, "method.grayscale_p": m.grayscale_p,
+        "method.prevmatch.conf_thresh": m.prevmatch.conf_thresh,
+    }  # fmt: skip
+    for key, value in fractions.items():
+        if not 0.0 <= value <= 1.0:
+            raise SemisegError(f"{key} must lie in [0, 1], got {value}")
+    if not 0.0 <= m.maskmatch.mask_ratio < 1.0:
+        raise SemisegError(f"method.maskmatch.mask_ratio must lie in [0, 1), got {m.maskmatch.mask_ratio}")
+    if not m.maskmatch.scales or any(s <= 0 for s in m.maskmatch.scales):
+        raise SemisegError(f"method.maskmatch.scales must be positive numbers, got {m.maskmatch.scales}")
+    if m.maskmatch.weight < 0:
+        raise SemisegError(f"method.maskmatch.weight must be non-negative, got {m.maskmatch.weight}")
+    if t.grad_clip is not None and t.grad_clip <= 0:
+        raise SemisegError(f"train.grad_clip must be positive (or null for no clipping), got {t.grad_clip}")
+    if any(f < 0 for f in d.fractions) or sum(d.fractions) > 1:
+        raise SemisegError(
+            f"data.fractions (labeled, val) must be in [0, 1] and sum to at most 1, got {list(d.fractions)}"
+        )
+
+
+def validate(cfg: Config, task: Task | None = None) -> Config:
+    """Cross-field checks: names against their registries, sizes against the encoder, task constraints."""
+    task = task or get_task(cfg.task)
+    if cfg.model.encoder not in ENCODER_SPECS:
+        raise SemisegError(
+            f"model.encoder: unknown encoder size {cfg.model.encoder!r}{_nearest(cfg.model.encoder, ENCODER_SPECS)}; "
+            f"choose one of {', '.join(ENCODER_SPECS)}"
+        )
+    spec = encoder_spec(cfg.model.encoder)
+    spec.check_side(cfg.data.crop_size, "data.crop_size")
+    if cfg.method.name not in METHODS:
+        raise SemisegError(
+            f"method.name: {cfg.method.name!r} is not one of {', '.join(map(repr, METHODS))}"
+            f"{_nearest(cfg.method.name, METHODS)}"
+        )
+    for extra in cfg.method.extras:
+        if extra not in EXTRAS:
+            raise SemisegError(
+                f"unknown method extra {extra!r}{_nearest(extra, EXTRAS)}; choose from {', '.join(EXTRAS)}"
+            )
+    if cfg.method.extras and not METHODS[cfg.method.name].needs_unlabeled:
+        raise SemisegError("method.extras need a semi-supervised base method (fixmatch or unimatch_v2)")
+    if "maskmatch" in cfg.method.extras:
+        spec.check_side(cfg.method.maskmatch.block_size, "method.maskmatch.block_size")
+    if cfg.eval.mode == "sliding_window":
+        spec.check_side(cfg.eval.window, "eval.window")
+        if cfg.eval.stride <= 0:
+            raise SemisegError(f"eval.stride must be positive, got {cfg.eval.stride}")
+    if cfg.data.nclass is None:
+        raise SemisegError(
+            f"data.nclass is not set: dataset {cfg.data.dataset!r} needs the number of classes (--set data.nclass=N)"
         )
     if cfg.data.nclass < 1:
         raise SemisegError(f"data.nclass must be positive, got {cfg.data.nclass}")
-    if cfg.task == "change_detection" and cfg.data.nclass != 2:
+    if task.nclass is not None and cfg.data.nclass != task.nclass:
+        raise SemisegError(f"{task.title} has {task.nclass} classes; data.nclass is {cfg.data.nclass}")
+    if cfg.data.classes is not None and len(cfg.data.classes) != cfg.data.nclass:
         raise SemisegError(
-            f"change detection has 2 classes (unchanged, changed); data.nclass is {cfg.data.nclass}"
+            f"data.classes names {len(cfg.data.classes)} classes but data.nclass is {cfg.data.nclass}"
         )
-    for extra in cfg.method.extras:
-        if extra not in KNOWN_EXTRAS:
-            raise SemisegError(f"unknown method extra {extra!r}{_nearest(extra, KNOWN_EXTRAS)}")
-    if cfg.method.extras and cfg.method.name == "supervised":
-        raise SemisegError("method.extras need a semi-supervised base method (fixmatch or unimatch_v2)")
-    if cfg.eval.mode == "sliding_window" and (cfg.eval.window % 14 or cfg.eval.stride <= 0):
-        raise SemisegError("eval.window must be a multiple of 14 and eval.stride positive")
-    if cfg.train.epochs < 1:
-        raise SemisegError("train.epochs must be at least 1")
-    if not 0.0 <= cfg.method.conf_thresh <= 1.0:
-        raise SemisegError("method.conf_thresh must lie in [0, 1]")
+    _check_ranges(cfg)
     return cfg
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+
+
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    return validate(_build(Config, raw or {}, ""))
+    """Resolve a raw config (as read from YAML, bases applied) over the task's and the dataset's defaults."""
+    raw = copy.deepcopy(raw or {})
+    if not isinstance(raw.get("data", {}), (dict, type(None))):
+        raise SemisegError("data: expected a mapping")
+    task_name = raw.get("task") or Config.task
+    if not isinstance(task_name, str):
+        raise SemisegError(f"task: expected a task name, got {task_name!r}")
+    task = get_task(task_name)
+    layered = deep_merge(dict(task.defaults), {})
+    dataset = (raw.get("data") or {}).get("dataset") or (layered.get("data") or {}).get("dataset")
+    spec = task.dataset(dataset)
+    layered = deep_merge(layered, dict(spec.defaults))
+    _check_data_keys(raw, str(dataset), spec, task)
+    merged = deep_merge(layered, raw)
+    merged["task"] = task.name
+    merged.setdefault("data", {})["dataset"] = dataset
+    return validate(_build(Config, merged, ""), task)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or start from defaults when `path` is None) and apply `--set` overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise SemisegError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise SemisegError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise SemisegError(f"{path} must hold a mapping at top level")
+def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a dict, with the file it names as `base:` (relative to itself) merged underneath."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        named_by = f" (named as base by {_chain[-1]})" if _chain else ""
+        raise SemisegError(f"config file not found: {path}{named_by}")
+    if path.resolve() in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, path.resolve()))
+        raise SemisegError(f"config bases form a cycle: {cycle}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SemisegError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise SemisegError(f"{path} must hold a mapping at top level")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base.strip():
+        raise SemisegError(f"{path}: base must be the path of another config file, got {base!r}")
+    parent = read_config_file(path.parent / base, (*_chain, path.resolve()))
+    return deep_merge(parent, raw)
+
+
+def load_config(
+    path: str | Path | None, overrides: typing.Sequence[str] | None = None, task: str | None = None
+) -> Config:
+    """Read a YAML config (or start from defaults when `path` is None) and apply `--set` overrides.
+
+    `task`: the task the caller serves (the `semicd` command passes `change_detection`); a config naming
+    another task is refused, one naming none gets this one.
+    """
+    raw = read_config_file(path) if path is not None else {}
     raw = apply_overrides(raw, overrides or [])
+    if task is not None:
+        named = raw.get("task")
+        if named is not None and named != task:
+            raise SemisegError(
+                f"this command is for {get_task(task).title}, but the config says task: {named} "
+                f"(use `{get_task(named).command}` for it)"
+            )
+        raw["task"] = task
     return config_from_dict(raw)
+
+
+def config_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def dump_config(cfg: Config, path: Path) -> None:
     """Write the resolved config atomically (it documents what a run did, so it must never be half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    from semiseg.io import write_text_atomic
+
+    write_text_atomic(path, config_yaml(cfg))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The reference documentation (configs/README.md), generated from the schema
+
+
+_SECTIONS: tuple[tuple[str, type], ...] = (
+    ("", Config), ("data", DataConfig), ("model", ModelConfig), ("method", MethodConfig),
+    ("method.prevmatch", PrevMatchConfig), ("method.maskmatch", MaskMatchConfig), ("optim", OptimConfig),
+    ("train", TrainConfig), ("eval", EvalConfig),
+)  # fmt: skip
+
+
+def _lookup(tree: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree
+
+
+_MISSING = object()
+
+
+def _show(value: Any) -> str:
+    return (
+        "`"
+        + yaml.safe_dump(_to_plain(value), default_flow_style=True).strip().removesuffix("...").strip()
+        + "`"
+    )
+
+
+def config_reference(tasks: typing.Sequence[Task]) -> str:
+    """Markdown tables of every key: default (and where a task or dataset changes it), meaning, who reads it."""
+    lines: list[str] = []
+    for prefix, cls in _SECTIONS:
+        lines += ["", f"### `{prefix or 'top level'}`", "", "| key | default | meaning |", "|---|---|---|"]
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                continue
+            dotted = f"{prefix}.{f.name}" if prefix else f.name
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            shown = [_show(default)]
+            for task in tasks:
+                value = _lookup(dict(task.defaults), dotted)
+                if value is not _MISSING and value != _to_plain(default):
+                    shown.append(f"{task.title}: {_show(value)}")
+                for name, spec in task.datasets.items():
+                    value = _lookup(dict(spec.defaults), dotted)
+                    if value is not _MISSING:
+                        shown.append(f"{name}: {_show(value)}")
+            doc = f.metadata["doc"]
+            if prefix == "data" and f.name not in COMMON_DATA_KEYS:
+                readers = [n for t in tasks for n, s in t.datasets.items() if f.name in s.keys]
+                doc += f" — read by {', '.join(f'`{r}`' for r in readers)}"
+            lines.append(f"| `{f.name}` | {'; '.join(shown)} | {doc} |")
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -17,11 +17,6 @@ from torch import Tensor
 from semiseg.errors import SemisegError
 
 
-def primary_metric(task: str) -> str:
-    """The score that selects models: mIoU for segmentation, the change class's IoU for change detection."""
-    return "miou" if task == "segmentation" else "iou"
-
-
 class ConfusionMatrix:
     """Pixel counts `mat[target, pred]` over everything passed to `update`; `ignore_index` pixels skipped."""
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from semiseg.synthetic import shapes_sample
+from semiseg.segmentation.synthetic import shapes_sample
 
 # layout -> (image path, mask path) for split s ("train"/"val") and stem n
 LAYOUTS = {

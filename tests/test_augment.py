@@ -3,17 +3,12 @@ import math
 import pytest
 import torch
 
-from semiseg.augment import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    StrongAugment,
-    StrongViews,
-    apply_cutmix,
-    cutmix_boxes,
-    mix_with_reversed,
-    normalize,
-)
+from semiseg.augment import StrongAugment, StrongViews, cutmix_boxes, mix_with_reversed
 from semiseg.errors import SemisegError
+from semiseg.models.normalize import normalize
+from semiseg.models.specs import IMAGENET_MEAN, IMAGENET_STD
+
+NORM = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
 
 def _weak_pair(b: int = 4, size: int = 28, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,21 +20,21 @@ def _weak_pair(b: int = 4, size: int = 28, seed: int = 0) -> tuple[torch.Tensor,
 
 def test_normalize_divides_uint8_by_255_and_applies_mean_std():
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
-    out = normalize(x)
+    out = normalize(x, **NORM)
     expected = [(1.0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
     assert out.dtype == torch.float32
     assert torch.allclose(out[0, :, 0, 0], torch.tensor(expected))
-    assert torch.allclose(normalize(x.float() / 255.0), out)
+    assert torch.allclose(normalize(x.float() / 255.0, **NORM), out)
 
 
 def test_normalize_rejects_band_count_mismatch():
     with pytest.raises(SemisegError, match="channels"):
-        normalize(torch.zeros(1, 4, 2, 2, dtype=torch.uint8))
+        normalize(torch.zeros(1, 4, 2, 2, dtype=torch.uint8), **NORM)
 
 
 def test_strong_views_differ_per_date_but_share_the_cutmix_box():
     a, b = _weak_pair()
-    views = StrongViews(grayscale_p=0.0, cutmix_p=1.0)
+    views = StrongViews(**NORM, grayscale_p=0.0, cutmix_p=1.0)
     view = views((a, b), generator=torch.Generator().manual_seed(1))
     s_a, s_b = view.images
     assert s_a.shape == (4, 3, 28, 28) and s_a.dtype == torch.float32
@@ -47,10 +42,11 @@ def test_strong_views_differ_per_date_but_share_the_cutmix_box():
     assert view.box.shape == (4, 28, 28) and view.box.dtype == torch.bool
     assert view.box.flatten(1).any(1).all()  # p=1: every sample has a box
     # Each date is mixed with its own reversed batch inside the one shared box: recompute with the same box.
-    aug = StrongViews(grayscale_p=0.0, cutmix_p=0.0)(
+    aug = StrongViews(**NORM, grayscale_p=0.0, cutmix_p=0.0)(
         (a, b), generator=torch.Generator().manual_seed(1)
     )  # same photometric draws, no box
-    expected = apply_cutmix(view.box, aug.images, tuple(x.flip(0) for x in aug.images))
+    inside = view.box[:, None]
+    expected = [torch.where(inside, x.flip(0), x) for x in aug.images]
     assert torch.allclose(expected[0], s_a) and torch.allclose(expected[1], s_b)
 
 
@@ -137,16 +133,15 @@ def test_mix_with_reversed_uses_the_same_box_and_reversed_partner_for_all_maps()
     assert torch.equal(m_img, m_label[:, None].expand(3, 2, 2, 2).float())
 
 
-def test_apply_cutmix_requires_matching_date_counts():
-    box = torch.ones(1, 2, 2, dtype=torch.bool)
-    x = torch.zeros(1, 3, 2, 2)
-    with pytest.raises(ValueError):
-        apply_cutmix(box, (x, x), (x,))
+def test_cutmix_refuses_a_box_that_does_not_fit_the_batch():
+    box = torch.ones(2, 2, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match="does not fit"):
+        mix_with_reversed(box, torch.zeros(3, 3, 2, 2))
 
 
 def test_change_detection_views_without_grayscale_stay_coloured():
     a, b = _weak_pair(b=8)
-    views = StrongViews(grayscale_p=0.0, cutmix_p=0.0)
+    views = StrongViews(**NORM, grayscale_p=0.0, cutmix_p=0.0)
     assert views.augment.grayscale_p == 0.0
     for s in views((a, b), generator=torch.Generator().manual_seed(2)).images:
         raw = s * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

@@ -15,7 +15,7 @@ from fakes import make_change_tiles, make_segmentation_benchmark
 from rasterio.transform import from_origin
 
 from semicd.cli import main as semicd_main
-from semiseg.cli import main as semiseg_main
+from semiseg.segmentation.cli import main as semiseg_main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -48,13 +48,13 @@ def test_overrides_parse_yaml_values_and_nested_keys():
         ("method.name=meanteacher", "method.name: 'meanteacher' is not one of"),
         ("data.crop_size=500", "multiple of 14"),
         ("method.extras=[prevmach]", r"did you mean 'prevmatch'"),
-        ("task=change_detection", "2 classes"),
+        ("task=change_detection;data.nclass=3", "2 classes"),
         ("nokey", "key=value"),
     ],
 )
 def test_config_mistakes_are_named(override, message):
     with pytest.raises(SemisegError, match=message):
-        load_config(None, [override])
+        load_config(None, override.split(";"))
 
 
 def test_missing_and_malformed_files(tmp_path):

@@ -9,7 +9,7 @@ import rasterio
 from PIL import Image
 
 from semicd.demo import run_demo, score_change_map
-from semicd.synthetic_scene import CRS, make_layout, write_scene
+from semicd.demo.scene import CRS, make_layout, write_scene
 from semiseg.errors import SemisegError
 
 

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from fakes import make_change_tiles, make_segmentation_benchmark
 
 from semiseg.config import OptimConfig, load_config
-from semiseg.engine.ema import EMA, ema_ratio
-from semiseg.engine.optim import lr_for_step, poly_lr
-from semiseg.engine.trainer import train
 from semiseg.errors import SemisegError
 from semiseg.methods.losses import cross_entropy, ohem_cross_entropy, pseudo_label_loss
+from semiseg.train.ema import EMA, ema_ratio
+from semiseg.train.loop import train
+from semiseg.train.optim import lr_for_step, poly_lr
 
 REPO = Path(__file__).resolve().parents[1]
 

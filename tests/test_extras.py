@@ -10,11 +10,10 @@ import torch
 import torch.nn as nn
 from fakes import make_change_tiles, make_segmentation_benchmark
 
-from semiseg.augment import IMAGENET_MEAN, IMAGENET_STD, mix_with_reversed, normalize
+from semiseg.augment import mix_with_reversed
 from semiseg.config import load_config
-from semiseg.engine.trainer import train
 from semiseg.errors import SemisegError
-from semiseg.methods import Batch, Models, build_method
+from semiseg.methods.base import Batch, Models
 from semiseg.methods.extras import StepContext
 from semiseg.methods.losses import pseudo_label_loss
 from semiseg.methods.maskmatch import apply_mask, block_mask, multiscale_probs, scaled_side
@@ -25,7 +24,12 @@ from semiseg.methods.prevmatch import (
     ensemble_logits,
     triangle_weight,
 )
-from semiseg.models.loading import build_model
+from semiseg.methods.registry import build_method
+from semiseg.models.normalize import normalize
+from semiseg.models.segmentor import build_model
+from semiseg.models.specs import IMAGENET_MEAN, IMAGENET_STD
+from semiseg.task import get_task
+from semiseg.train.loop import train
 
 
 def _cfg(*overrides: str):
@@ -76,8 +80,8 @@ def test_dirichlet_weights_sum_to_one_and_subsets_are_distinct_and_bounded():
 
 def test_an_ensemble_of_one_snapshot_is_that_snapshots_logits_and_leaves_the_model_alone():
     torch.manual_seed(0)
-    model = build_model("tiny", 3, "segmentation")
-    old = build_model("tiny", 3, "segmentation")
+    model = build_model("tiny", 3)
+    old = build_model("tiny", 3)
     snapshot = {k: v.clone() for k, v in old.state_dict().items()}
     x = torch.randn(2, 3, 28, 28)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -157,9 +161,8 @@ def test_prevmatch_state_round_trips_through_a_weights_only_checkpoint(tmp_path)
     ["method.prevmatch.max_snapshots=0", "method.maskmatch.block_size=20", "method.maskmatch.mask_ratio=1"],
 )
 def test_bad_extra_settings_are_named(override):
-    cfg = _cfg("method.extras=[prevmatch,maskmatch]", override)
     with pytest.raises(SemisegError, match=override.split("=")[0].replace(".", r"\.")):
-        build_method(cfg, IMAGENET_MEAN, IMAGENET_STD)
+        _cfg("method.extras=[prevmatch,maskmatch]", override)
 
 
 # ---------------------------------------------------------------- PrevMatch: the loss term
@@ -179,21 +182,21 @@ def test_prevmatch_term_is_the_unlabeled_loss_against_the_cutmixed_snapshot_labe
     cfg = _cfg("method.extras=[prevmatch]", "method.prevmatch.conf_thresh=0.4")
     method = build_method(cfg, IMAGENET_MEAN, IMAGENET_STD)
     extra = method.extras[0]
-    model, old = build_model("tiny", 3, "segmentation"), build_model("tiny", 3, "segmentation")
+    model, old = build_model("tiny", 3), build_model("tiny", 3)
     models = Models(student=model, teacher=model, raw_student=model)
     ctx = _context(method, models, n_dates=1, iteration=25)
     assert extra.loss(ctx) is None  # no snapshot yet: the base loss alone
     extra.on_epoch_end(old, 1, None)
     term, weight, logs = extra.loss(ctx)
     with torch.no_grad():
-        conf, plabel = old(normalize(ctx.unlabeled.images[0])).softmax(1).max(1)
+        conf, plabel = old(normalize(ctx.unlabeled.images[0], IMAGENET_MEAN, IMAGENET_STD)).softmax(1).max(1)
     expected = 0.0
     for view, pred, (_, _, ignore) in zip(ctx.views, ctx.pred_s, ctx.targets):
         pl, cf = mix_with_reversed(view.box, plabel, conf)
         expected = expected + pseudo_label_loss(pred, pl, cf, ignore, 0.4) / 2
     torch.testing.assert_close(term, expected)
     assert weight == pytest.approx(0.5) and logs["lambda_prev"] == weight and logs["snapshots"] == 1.0
-    assert term.item() > 0 and logs["loss_prev"] == pytest.approx(term.item())
+    assert term.item() > 0 and float(logs["loss_prev"]) == pytest.approx(term.item())
 
 
 # ---------------------------------------------------------------- MaskMatch: masks and multi-scale labels
@@ -248,13 +251,13 @@ def test_maskmatch_student_sees_the_weak_view_masked_identically_on_both_dates()
         "method.maskmatch.mask_ratio=0.5", "method.conf_thresh=0.0",
     )  # fmt: skip
     method = build_method(cfg, IMAGENET_MEAN, IMAGENET_STD)
-    student, teacher = Recorder(), build_model("tiny", 2, "change_detection")
+    student, teacher = Recorder(), build_model("tiny", 2, "absdiff")
     ctx = _context(method, Models(student, teacher, student), n_dates=2)
     term, weight, logs = method.extras[0].loss(ctx)
     (a, b), weak = student.calls[-1], method.norm(ctx.unlabeled.images)
     hidden_a, hidden_b = (a == 0).all(1), (b == 0).all(1)
     assert torch.equal(hidden_a, hidden_b)
-    assert logs["mask_ratio_actual"] == pytest.approx(0.5)
+    assert float(logs["mask_ratio_actual"]) == pytest.approx(0.5)
     assert hidden_a.float().mean().item() == pytest.approx(0.5)
     visible = ~hidden_a[0]
     torch.testing.assert_close(a[0][:, visible], weak[0][0][:, visible])  # visible pixels untouched
@@ -265,25 +268,26 @@ def test_maskmatch_student_sees_the_weak_view_masked_identically_on_both_dates()
 
 
 def test_scaled_sides_round_to_the_patch_grid():
-    assert [scaled_side(42, s) for s in (0.75, 1.0, 1.25)] == [28, 42, 56]
-    assert scaled_side(28, 0.1) == 14
+    assert [scaled_side(42, s, 14) for s in (0.75, 1.0, 1.25)] == [28, 42, 56]
+    assert scaled_side(28, 0.1, 14) == 14
+    assert [scaled_side(48, s, 16) for s in (0.75, 1.0, 1.25)] == [32, 48, 64]  # a patch-16 encoder
 
 
 def test_multiscale_ensemble_returns_probabilities_at_crop_size_from_each_scale():
     torch.manual_seed(0)
     recorder = Recorder(nclass=3)
-    probs = multiscale_probs(recorder, (torch.randn(2, 3, 42, 42),), [0.75, 1.0, 1.25])
+    probs = multiscale_probs(recorder, (torch.randn(2, 3, 42, 42),), [0.75, 1.0, 1.25], 14)
     assert [c[0].shape[-1] for c in recorder.calls] == [28, 42, 56]
     assert probs.shape == (2, 3, 42, 42)
     torch.testing.assert_close(probs.sum(1), torch.ones(2, 42, 42))
-    model = build_model("tiny", 3, "segmentation")
+    model = build_model("tiny", 3)
     x = torch.randn(1, 3, 42, 42)
-    single = multiscale_probs(model, (x,), [1.0])
+    single = multiscale_probs(model, (x,), [1.0], 14)
     torch.testing.assert_close(single, model(x).softmax(1))
 
 
 def test_multiscale_pseudo_labels_replace_the_teachers_only_when_asked():
-    model = build_model("tiny", 3, "segmentation")
+    model = build_model("tiny", 3)
     models = Models(model, model, model)
     images = _batch(1).images
     for flag in (True, False):
@@ -305,11 +309,11 @@ def test_both_extras_enter_the_step_with_their_weights(task):
         "method.maskmatch.block_size=14", "method.conf_thresh=0.0", "method.prevmatch.conf_thresh=0.0",
     )  # fmt: skip
     method = build_method(cfg, IMAGENET_MEAN, IMAGENET_STD)
-    model = build_model("tiny", nclass, task)
-    method.extras[0].on_epoch_end(build_model("tiny", nclass, task), 1, None)
+    model = build_model("tiny", nclass, get_task(task).fusion)
+    method.extras[0].on_epoch_end(build_model("tiny", nclass, get_task(task).fusion), 1, None)
     method.set_progress(30, 100)
     out = method.step(Models(model, model, model), _batch(n_dates), _batch(n_dates, seed=1))
-    logs = out.logs
+    logs = {k: float(v) for k, v in out.logs.items()}
     lam = logs["lambda_prev"]
     assert lam == pytest.approx(0.6) and logs["snapshots"] == 1.0 and logs["mask_ratio_actual"] == 0.75
     expected = (logs["loss_x"] + logs["loss_u"] + lam * logs["loss_prev"] + logs["loss_mask"]) / (2 + lam + 1)

@@ -8,7 +8,8 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from semicd.geo.pair import (
+from semiseg.errors import SemisegError
+from semiseg.geo.pair import (
     close_source,
     open_pair,
     open_single,
@@ -16,7 +17,6 @@ from semicd.geo.pair import (
     percentile_stretch_params,
     read_window,
 )
-from semiseg.errors import SemisegError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geotiff"
 ORIGIN = from_origin(500000, 4000000, 10, 10)

@@ -1,5 +1,6 @@
 """Tiled prediction end to end with a toy pointwise model: exact, streamed, georeferenced, all-or-nothing."""
 
+import functools
 from pathlib import Path
 
 import geopandas as gpd
@@ -9,10 +10,11 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
-from semicd.geo import blend as blend_module
-from semicd.geo import open_pair, open_single, predict_raster
-from semicd.geo.predict import decide
 from semiseg.errors import SemisegError
+from semiseg.geo import blend as blend_module
+from semiseg.geo import open_pair, open_single
+from semiseg.geo import predict_raster as geo_predict_raster
+from semiseg.geo.predict import decide
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geotiff"
 ORIGIN = from_origin(500000, 4000000, 2, 2)
@@ -25,6 +27,10 @@ def write_raster(path, data, crs="EPSG:32631", transform=ORIGIN, nodata=None):
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(data)
     return str(path)
+
+
+# The toy predictors below are plain functions, not models: they tell the geo layer no patch size, so say it here.
+predict_raster = functools.partial(geo_predict_raster, patch_size=14)
 
 
 def change_prob(before: np.ndarray, after: np.ndarray) -> np.ndarray:
@@ -82,7 +88,9 @@ def test_tall_raster_streams_in_strips_with_workers(tmp_path, monkeypatch):
 
     monkeypatch.setattr(blend_module.StripBlender, "flush", spy)
     out = tmp_path / "change.tif"
-    predict_raster((pa, pb), toy_predictor, out, window=28, batch_size=3, num_workers=2, progress=False)
+    predict_raster(
+        open_pair(pa, pb), toy_predictor, out, window=28, batch_size=3, num_workers=2, progress=False
+    )
     assert len(bands) == 10 and {rows for rows, _ in bands} == {28}  # 10 strips, never more than 28 rows held
     expected = np.argmax(np.stack([1 - change_prob(a, b), change_prob(a, b)]), 0)
     np.testing.assert_array_equal(read(out)[0], expected)
@@ -135,7 +143,9 @@ def test_shared_all_nodata_file_gives_all_nodata_output(tmp_path):
         pytest.skip("shared sample GeoTIFFs are absent")
     out = tmp_path / "seg.tif"
     with pytest.warns(UserWarning, match="no valid pixel"):
-        predict_raster([path], lambda x: None, out, window=56, overlap=0.0, num_workers=0, progress=False)
+        predict_raster(
+            open_single(path), lambda x: None, out, window=56, overlap=0.0, num_workers=0, progress=False
+        )
     classes, _ = read(out)
     assert classes.shape == (2475, 71) and (classes == 255).all()
 
@@ -203,6 +213,8 @@ def test_bad_outputs_are_refused_before_any_compute(tmp_path):
         predict_raster(scene, never, pa, window=28)
     with pytest.raises(SemisegError, match="multiple of 14"):
         predict_raster(scene, never, tmp_path / "c.tif", window=30)
+    with pytest.raises(SemisegError, match="multiple of 16"):  # the patch is the model's, not a constant
+        geo_predict_raster(scene, never, tmp_path / "c.tif", window=56, patch_size=16)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif"]
 
 
@@ -226,14 +238,12 @@ def test_real_pair_with_different_crs_predicts_after_reprojection(tmp_path):
     if not (before.exists() and after.exists()):
         pytest.skip("shared sample GeoTIFFs are absent")
     with pytest.raises(SemisegError, match="--align reproject"):
-        predict_raster((before, after), toy_predictor, tmp_path / "c.tif", bands=[1])
+        open_pair(before, after, bands=[1])
     out = tmp_path / "change.tif"
     summary = predict_raster(
-        (before, after),
+        open_pair(before, after, align="reproject", bands=[1]),
         toy_predictor,
         out,
-        align="reproject",
-        bands=[1],
         window=112,
         overlap=0.0,
         num_workers=0,

@@ -5,9 +5,11 @@ import pytest
 import rasterio
 from shapely.geometry import box
 
-from semicd.geo.vectorize import areas_m2, pixel_area_m2, polygon_driver
-from semicd.geo.writer import class_colormap
 from semiseg.errors import SemisegError
+from semiseg.geo.area import pixel_area_m2
+from semiseg.geo.predict import polygon_driver
+from semiseg.geo.vectorize import areas_m2
+from semiseg.geo.writer import class_colormap
 
 
 def test_areas_in_m2_for_projected_geographic_and_feet_crs():

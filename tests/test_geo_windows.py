@@ -3,9 +3,13 @@
 import numpy as np
 import pytest
 
-from semicd.geo.blend import StripBlender, blend_weights
-from semicd.geo.windows import make_grid
 from semiseg.errors import SemisegError
+from semiseg.geo.blend import StripBlender, blend_weights
+from semiseg.geo.windows import make_grid as geo_make_grid
+
+
+def make_grid(height: int, width: int, window: int, overlap: float = 0.25):
+    return geo_make_grid(height, width, window, overlap, patch_size=14)  # DINOv2's patch
 
 
 def weight_sum(grid) -> np.ndarray:

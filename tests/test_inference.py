@@ -4,11 +4,24 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from semiseg.errors import SemisegError
-from semiseg.inference import _window_starts, evaluate, predict_logits
+from semiseg.grid import window_starts
+from semiseg.inference import evaluate, predict_logits
+from semiseg.metrics import ConfusionMatrix, change_scores, segmentation_scores
+from semiseg.models.normalize import normalize
+from semiseg.models.specs import IMAGENET_MEAN, IMAGENET_STD
+from semiseg.task import get_task
+
+SEGMENTATION, CHANGE = get_task("segmentation"), get_task("change_detection")
 
 
 class PointwiseModel(nn.Module):
-    """A 1x1 conv on the summed dates: a pixel's logits depend on that pixel only, so any tiling is exact."""
+    """A 1x1 conv on the summed dates: a pixel's logits depend on that pixel only, so any tiling is exact.
+
+    Like a real model it says what input it takes: sides multiple of `patch_size`, normalised with mean/std.
+    """
+
+    patch_size = 14
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
 
     def __init__(self, nclass: int = 3, in_ch: int = 3):
         super().__init__()
@@ -24,9 +37,10 @@ class PointwiseModel(nn.Module):
 
 
 def test_window_starts_clamp_the_last_window_to_the_border():
-    assert _window_starts(61, 28, 18) == [0, 18, 33]
-    assert _window_starts(28, 28, 18) == [0]
-    assert _window_starts(20, 28, 18) == [0]
+    assert window_starts(61, 28, 18) == (0, 18, 33)
+    assert window_starts(28, 28, 18) == (0,)
+    assert window_starts(20, 28, 18) == (0,)
+    assert window_starts(64, 32, 16) == (0, 16, 32)  # a stride that lands on the border adds no duplicate
 
 
 def test_sliding_window_equals_whole_image_for_a_pointwise_model():
@@ -54,6 +68,21 @@ def test_sliding_window_rejects_windows_not_multiple_of_14_and_wrong_nclass():
         predict_logits(PointwiseModel(), (torch.randn(1, 3, 30, 30),), "sliding_window", window=30, nclass=3)
     with pytest.raises(SemisegError, match="classes"):
         predict_logits(PointwiseModel(), (torch.randn(1, 3, 30, 30),), "sliding_window", window=28, nclass=5)
+
+
+def test_the_patch_size_comes_from_the_model():
+    class Patch16(PointwiseModel):
+        patch_size = 16
+
+        def forward(self, *images):
+            self.seen_sizes.append(tuple(images[0].shape[-2:]))
+            return self.conv(images[0])
+
+    model = Patch16()
+    predict_logits(model, (torch.randn(1, 3, 30, 45),), mode="original")
+    assert model.seen_sizes == [(32, 48)]
+    with pytest.raises(SemisegError, match="multiple of 16"):
+        predict_logits(model, (torch.randn(1, 3, 30, 30),), "sliding_window", window=28, nclass=3)
 
 
 def test_original_mode_resizes_to_nearest_multiple_of_14_and_back():
@@ -109,43 +138,49 @@ def test_evaluate_segmentation_matches_a_manual_confusion_matrix():
     samples = _samples(3, two_dates=False, nclass=3)
     loader = DataLoader(samples, batch_size=2)
     scores = evaluate(
-        model, loader, nclass=3, task="segmentation", mode="sliding_window", window=28, progress=False
+        model, loader, nclass=3, task=SEGMENTATION, mode="sliding_window", window=28, progress=False
     )
     assert model.training  # restored
-    from semiseg.augment import normalize
-    from semiseg.metrics import ConfusionMatrix, segmentation_scores
-
     cm = ConfusionMatrix(3)
     for s in samples:
-        pred = model.conv(normalize(s["images"][0][None])).argmax(1)
+        pred = model.conv(normalize(s["images"][0][None], IMAGENET_MEAN, IMAGENET_STD)).argmax(1)
         cm.update(pred, s["label"][None])
     assert cm.mat.sum() == 3 * (28 * 42 - 5)
-    assert scores == pytest.approx(segmentation_scores(cm))
+    expected = segmentation_scores(cm)
+    assert scores["miou"] == pytest.approx(expected["miou"]) and scores["pixel_acc"] == pytest.approx(
+        expected["pixel_acc"]
+    )
+    assert scores["iou_per_class"] == pytest.approx(expected["iou_per_class"])
 
 
 def test_evaluate_change_task_uses_both_dates_and_masks_padding():
     model = PointwiseModel(nclass=2)
     samples = _samples(2, two_dates=True, nclass=2)
     samples[0]["ignore"][:, :10] = 255
-    scores = evaluate(model, DataLoader(samples, batch_size=1), nclass=2, task="change")
+    scores = evaluate(model, DataLoader(samples, batch_size=1), nclass=2, task=CHANGE)
     assert set(scores) == {"iou", "precision", "recall", "f1", "oa", "kappa"}
-    from semiseg.augment import normalize
-    from semiseg.metrics import ConfusionMatrix, change_scores
-
     cm = ConfusionMatrix(2)
     for s in samples:
-        a = normalize(s["images"][0][None])
+        a = normalize(s["images"][0][None], IMAGENET_MEAN, IMAGENET_STD)
         label = s["label"][None].masked_fill(s["ignore"][None] == 255, 255)
         cm.update(model.conv(a + a).argmax(1), label)
     assert scores == pytest.approx(change_scores(cm))
     with pytest.raises(SemisegError, match="2 classes"):
-        evaluate(model, DataLoader(samples, batch_size=1), nclass=3, task="change")
+        evaluate(model, DataLoader(samples, batch_size=1), nclass=3, task=CHANGE)
 
 
 def test_evaluate_runs_under_autocast_and_flip_tta():
     model = PointwiseModel(nclass=3)
     loader = DataLoader(_samples(2, two_dates=False, nclass=3), batch_size=2)
-    fp32 = evaluate(model, loader, nclass=3, progress=False)
-    bf16 = evaluate(model, loader, nclass=3, autocast_dtype=torch.bfloat16, flip_tta=True, progress=False)
+    fp32 = evaluate(model, loader, nclass=3, task=SEGMENTATION, progress=False)
+    bf16 = evaluate(
+        model,
+        loader,
+        nclass=3,
+        task=SEGMENTATION,
+        autocast_dtype=torch.bfloat16,
+        flip_tta=True,
+        progress=False,
+    )
     assert len(bf16["iou_per_class"]) == 3
     assert abs(bf16["miou"] - fp32["miou"]) < 5.0  # same pointwise model, only rounding differs

@@ -8,15 +8,15 @@ import torch.nn.functional as F
 
 import semiseg
 from semiseg.errors import SemisegError
-from semiseg.models.encoder import Encoder, resample_pos_embed_official
-from semiseg.models.loading import (
-    build_model,
+from semiseg.models.checkpoints import (
     export_model,
     from_official_state_dict,
     load_model,
     to_official_state_dict,
 )
-from semiseg.models.segmentor import Segmentor, complementary_masks
+from semiseg.models.encoder import Encoder, resample_pos_embed_official
+from semiseg.models.segmentor import Segmentor, build_model, complementary_masks
+from semiseg.task import get_task
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +66,7 @@ def test_encoder_returns_four_final_normed_taps_without_cls():
 
 
 def test_tapped_layers_follow_the_official_indices():
-    from semiseg.models.encoder import ENCODER_SPECS
+    from semiseg.models.specs import ENCODER_SPECS
 
     assert ENCODER_SPECS["small"].taps == ENCODER_SPECS["base"].taps == (2, 5, 8, 11)
     assert ENCODER_SPECS["large"].taps == (4, 11, 17, 23)
@@ -137,9 +137,9 @@ def _official_checkpoint(model: Segmentor) -> dict:
 
 @pytest.mark.parametrize("task,n_images,nclass", [("segmentation", 1, 21), ("change_detection", 2, 2)])
 def test_official_checkpoint_loads_and_reproduces_our_outputs(tmp_path, task, n_images, nclass):
-    model = build_model("tiny", nclass, task).eval()
+    model = build_model("tiny", nclass, get_task(task).fusion).eval()
     _randomise(model)
-    ema = build_model("tiny", nclass, task).eval()
+    ema = build_model("tiny", nclass, get_task(task).fusion).eval()
     _randomise(ema)
     path = tmp_path / "best.pth"
     torch.save(
@@ -192,7 +192,7 @@ def test_encoder_loads_an_official_dinov2_pretrain_file(tmp_path):
 
 
 def test_safetensors_export_round_trips_weights_and_metadata(tmp_path):
-    model = build_model("tiny", 2, "change_detection").eval()
+    model = build_model("tiny", 2, "absdiff").eval()
     _randomise(model)
     path = export_model(model, tmp_path / "levir_tiny", {"classes": ["unchanged", "changed"]})
     assert path.suffix == ".safetensors" and path.with_suffix(".yaml").is_file()
@@ -253,7 +253,7 @@ def test_files_that_are_not_checkpoints_are_user_errors(tmp_path):
 
 
 def test_task_recorded_in_a_checkpoint_is_enforced(tmp_path):
-    model = build_model("tiny", 2, "change_detection")
+    model = build_model("tiny", 2, "absdiff")
     path = export_model(model, tmp_path / "cd")
     with pytest.raises(SemisegError, match="is a change_detection checkpoint"):
         load_model(path, task="segmentation")

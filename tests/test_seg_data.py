@@ -10,27 +10,24 @@ import torch
 from PIL import Image
 
 from semiseg.data.geometry import GeometryConfig
-from semiseg.data.segmentation import (
-    SEGMENTATION_DATASETS,
+from semiseg.data.lists import SplitItem, read_split_file, write_split_file
+from semiseg.errors import SemisegError
+from semiseg.segmentation.benchmarks import SEGMENTATION_DATASETS, class_names
+from semiseg.segmentation.datasets import (
     SegmentationDataset,
     build_segmentation_datasets,
     check_dataset,
-    class_names,
     convert_ade20k_masks,
 )
-from semiseg.data.splits import (
+from semiseg.segmentation.layouts import (
     SplitFiles,
-    SplitItem,
     labeled_count,
     list_training_images,
     list_val_images,
     make_splits,
     parse_labeled_amount,
-    read_split_file,
     resolve_split,
-    write_split_file,
 )
-from semiseg.errors import SemisegError
 
 W, H = 40, 30
 
@@ -268,14 +265,19 @@ def test_train_l_repeats_list_to_nsample(tmp_path: Path) -> None:
     assert len(SegmentationDataset(tmp_path, items, "train_l", geometry, nsample=2)) == 3
 
 
-def test_crops_are_reproducible_under_torch_seed_and_vary_between_draws(tmp_path: Path) -> None:
+def test_crops_are_keyed_on_epoch_index_and_stream(tmp_path: Path) -> None:
     _make_layout(tmp_path, "coco", n_train=1, n_val=1)
-    ds = SegmentationDataset(tmp_path, list_training_images("coco", tmp_path), "train_l", GeometryConfig(28))
-    torch.manual_seed(0)
-    first, second = ds[0]["images"][0], ds[0]["images"][0]
-    torch.manual_seed(0)
+    items = list_training_images("coco", tmp_path)
+    ds = SegmentationDataset(tmp_path, items, "train_l", GeometryConfig(28))
+    first = ds[0]["images"][0]
+    torch.manual_seed(123)  # the global RNG plays no part: any worker draws the same crop
     assert torch.equal(ds[0]["images"][0], first)
-    assert not torch.equal(first, second)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[0]["images"][0], first)  # a new epoch, a new crop
+    ds.set_epoch(0)
+    assert torch.equal(ds[0]["images"][0], first)
+    unlabeled = SegmentationDataset(tmp_path, items, "train_u", GeometryConfig(28))
+    assert not torch.equal(unlabeled[0]["images"][0], first)  # labeled and unlabeled sample 0 differ
 
 
 def test_image_mask_size_mismatch_is_named(tmp_path: Path) -> None:

@@ -29,6 +29,9 @@ from typing import Any
 
 import torch
 
+from semiseg.models.specs import encoder_spec
+from semiseg.task import get_task, tasks
+
 # ---------------------------------------------------------------------------------------------------------
 # Shared measurement helpers
 
@@ -157,8 +160,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder", default="small", help="tiny|small|base|large|giant (default small)")
     p.add_argument("--crop", type=int, nargs="+", default=[252], help="square input sides, multiples of 14")
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes")
-    p.add_argument("--task", choices=["segmentation", "change_detection"], default="segmentation")
-    p.add_argument("--nclass", type=int, default=None, help="classes (default 21, or 2 for change detection)")
+    p.add_argument("--task", choices=sorted(tasks()), default="segmentation")
+    p.add_argument("--nclass", type=int, default=None, help="classes (default: the task's, else 21)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
     p.add_argument("--warmup", type=int, default=2)
@@ -166,25 +169,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    patch = encoder_spec(args.encoder).patch_size
     for crop in args.crop:
-        if crop % 14:
-            p.error(f"--crop {crop} is not a multiple of 14 (DINOv2 patch size)")
+        if crop % patch:
+            p.error(f"--crop {crop} is not a multiple of {patch} (the encoder's patch size)")
     if args.nclass is None:
-        args.nclass = 2 if args.task == "change_detection" else 21
+        args.nclass = get_task(args.task).nclass or 21
     return args
 
 
 def bench_one(args: argparse.Namespace) -> dict[str, Any]:
     """Measure one (crop, batch) configuration in this process."""
-    from semiseg.models import build_model
+    from semiseg.models.segmentor import build_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     crop, batch = args.crop[0], args.batch[0]
     torch.manual_seed(0)
-    model = build_model(args.encoder, args.nclass, args.task).to(device)
-    n_images = 2 if args.task == "change_detection" else 1
+    task = get_task(args.task)
+    model = build_model(args.encoder, args.nclass, task.fusion).to(device)
+    n_images = task.num_images
     images = tuple(torch.randn(batch, 3, crop, crop, device=device) for _ in range(n_images))
     label = torch.randint(0, args.nclass, (batch, crop, crop), device=device)
     result: dict[str, Any] = {

@@ -41,15 +41,16 @@ def write_scene(path: Path, size: int, seed: int) -> None:
 
 
 def bench_one(args: argparse.Namespace) -> dict:
-    from semicd.geo.predict import predict_raster
-    from semicd.geo.windows import make_grid
-    from semiseg.models.loading import IMAGENET_MEAN, IMAGENET_STD, build_model
-    from semiseg.predict_images import make_predictor
+    from semicd.task import TASK
+    from semiseg.geo.pair import open_scene
+    from semiseg.geo.predict import predict_raster
+    from semiseg.geo.windows import make_grid
+    from semiseg.models.segmentor import build_model
+    from semiseg.predict import make_predictor
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model = build_model(args.encoder, 2, "change_detection")
-    model.meta = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    model = build_model(args.encoder, TASK.nclass, TASK.fusion)
     predictor = make_predictor(model, device, args.amp)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -58,13 +59,13 @@ def bench_one(args: argparse.Namespace) -> dict:
         base_rss = rss_mb()
         start = time.perf_counter()
         summary = predict_raster(
-            [tmp / "a.tif", tmp / "b.tif"], predictor, tmp / "change.tif", window=args.window,
+            open_scene([tmp / "a.tif", tmp / "b.tif"]), predictor, tmp / "change.tif", window=args.window,
             overlap=args.overlap, batch_size=args.batch_size, num_workers=args.workers,
             probs_path=tmp / "probs.tif", progress=False,
         )  # fmt: skip
         total = time.perf_counter() - start
         peak = peak_rss_mb()
-    n_windows = len(make_grid(args.size, args.size, args.window, args.overlap).tiles)
+    n_windows = len(make_grid(args.size, args.size, args.window, args.overlap, model.patch_size).tiles)
     batch = tuple(
         torch.randint(0, 256, (args.batch_size, 3, args.window, args.window), dtype=torch.uint8)
         for _ in range(2)

@@ -1,10 +1,11 @@
 """Time one full training iteration (and optionally the change-detection data loader) as the trainer runs it.
 
-What is timed is the trainer's inner loop body, built from the same objects the trainer builds (config,
-`build_method`, `build_model`, `EMA`, `build_optimizer`, GradScaler): LR update, the method's step (teacher
-pass, strong views, student forward of labeled + strong batches, losses) under autocast, the non-finite check,
-zero_grad, backward, optimiser step, EMA update and the `loss.item()` of the log line. Batches are synthetic
-uint8 tensors already on the device, so data loading is excluded; `--loader` measures it separately on a
+What is timed is `semiseg.train.step.TrainStep`, the very object the trainer calls, built the way the trainer
+builds it (`TrainStep.from_config`): LR update, the method's step (teacher pass, strong views, student forward of
+labeled + strong batches, losses) under autocast, the non-finite check, zero_grad, backward, clipping when set,
+optimiser step, EMA update, and reading the loss back as a log line does. The timed iterations are taken from the
+middle of a 1000-iteration schedule (PrevMatch's λ is at its peak there). Batches are synthetic uint8 tensors
+already on the device, so data loading is excluded; `--loader` measures it separately on a
 synthetic 256 px A/B/label tile tree read by `ChangeTileDataset`.
 
 `--official-repo PATH` times the official UniMatch V2 step on the same machine and sizes, importing the
@@ -40,19 +41,21 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import (  # noqa: E402  (tools/ is not a package: import the sibling script)
     PeakMemory,
-    autocast,
     environment,
     median_seconds,
     resolve_device,
     run_workers,
 )
 
-# Official DPT head sizes per encoder (DESIGN B.2), passed to the official constructor.
+from semiseg.methods.registry import METHODS  # noqa: E402
+from semiseg.models.specs import ENCODER_SPECS, encoder_spec  # noqa: E402
+from semiseg.task import get_task, tasks  # noqa: E402
+
+# The official DPT constructor takes the head widths: ours are the same, per released encoder size.
 OFFICIAL_SIZES = {
-    "small": (64, [48, 96, 192, 384]),
-    "base": (128, [96, 192, 384, 768]),
-    "large": (256, [256, 512, 1024, 1024]),
-    "giant": (384, [1536, 1536, 1536, 1536]),
+    name: (spec.head.features, list(spec.head.out_channels))
+    for name, spec in ENCODER_SPECS.items()
+    if spec.hub_name
 }
 
 
@@ -61,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Seconds per training iteration (median after warm-up) and peak memory, as the trainer "
         "runs it; optionally data-loader time and the official UniMatch V2 step. JSON Lines output."
     )
-    p.add_argument("--method", choices=["supervised", "fixmatch", "unimatch_v2"], default="unimatch_v2")
+    p.add_argument("--method", choices=list(METHODS), default="unimatch_v2")
     p.add_argument("--extras", nargs="*", default=[], help="method.extras (e.g. prevmatch maskmatch)")
     p.add_argument("--teacher", choices=["ema", "student"], default="ema", help="method.teacher")
     p.add_argument(
@@ -70,8 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder", default="small")
     p.add_argument("--crop", type=int, default=252)
     p.add_argument("--batch", type=int, default=2, help="per-stream batch (supervised uses 2x, as trained)")
-    p.add_argument("--task", choices=["segmentation", "change_detection"], default="change_detection")
-    p.add_argument("--nclass", type=int, default=None, help="default 21, or 2 for change detection")
+    p.add_argument("--task", choices=sorted(tasks()), default="change_detection")
+    p.add_argument("--nclass", type=int, default=None, help="default: the task's, else 21")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
     p.add_argument("--warmup", type=int, default=2)
@@ -84,15 +87,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--official-repo", default=None, help="local checkout of LiheYoung/UniMatch-V2")
     p.add_argument("--worker", choices=["ours", "official", "loader"], default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.crop % 14:
-        p.error(f"--crop {args.crop} is not a multiple of 14 (DINOv2 patch size)")
+    patch = encoder_spec(args.encoder).patch_size
+    if args.crop % patch:
+        p.error(f"--crop {args.crop} is not a multiple of {patch} (the encoder's patch size)")
     if args.nclass is None:
-        args.nclass = 2 if args.task == "change_detection" else 21
+        args.nclass = get_task(args.task).nclass or 21
     if args.official_repo is not None:
         if args.method != "unimatch_v2" or args.extras:
             p.error(
                 "--official-repo times the official UniMatch V2 step: use --method unimatch_v2, no extras"
             )
+        if args.task not in OFFICIAL_SCRIPTS:
+            p.error(f"--official-repo has scripts for {', '.join(OFFICIAL_SCRIPTS)}, not {args.task}")
         if args.encoder not in OFFICIAL_SIZES:
             p.error(f"--official-repo supports encoders {', '.join(OFFICIAL_SIZES)}, not {args.encoder}")
     return args
@@ -115,7 +121,7 @@ def _header(args: argparse.Namespace, bench: str, device: torch.device) -> dict[
 
 
 def _synthetic_batch(n_images: int, batch: int, crop: int, nclass: int, device: torch.device, labeled: bool):
-    from semiseg.methods import Batch
+    from semiseg.methods.base import Batch
 
     images = tuple(
         torch.randint(0, 256, (batch, 3, crop, crop), dtype=torch.uint8, device=device)
@@ -136,13 +142,9 @@ def _synthetic_batch(n_images: int, batch: int, crop: int, nclass: int, device: 
 
 
 def bench_ours(args: argparse.Namespace) -> dict[str, Any]:
-    """The trainer's loop body on synthetic batches; objects built exactly as `semiseg.engine.trainer` does."""
-    from semiseg.augment import IMAGENET_MEAN, IMAGENET_STD
+    """`TrainStep` on synthetic batches, built by `TrainStep.from_config` exactly as the trainer builds it."""
     from semiseg.config import load_config
-    from semiseg.engine.ema import EMA
-    from semiseg.engine.optim import build_optimizer, lr_for_step, set_lr
-    from semiseg.methods import Models, build_method
-    from semiseg.models import build_model
+    from semiseg.train.step import TrainStep
 
     device = resolve_device(args.device)
     cfg = load_config(
@@ -153,6 +155,7 @@ def bench_ours(args: argparse.Namespace) -> dict[str, Any]:
             f"data.crop_size={args.crop}",
             f"data.batch_size={args.batch}",
             f"model.encoder={args.encoder}",
+            "model.weights=null",
             f"method.name={args.method}",
             f"method.extras=[{','.join(args.extras)}]",
             f"method.teacher={args.teacher}",
@@ -160,54 +163,31 @@ def bench_ours(args: argparse.Namespace) -> dict[str, Any]:
         ],
     )
     torch.manual_seed(0)
-    method = build_method(cfg, IMAGENET_MEAN, IMAGENET_STD)
-    model = build_model(cfg.model.encoder, cfg.data.nclass, cfg.task).to(device)
-    ema = EMA(model, cfg.method.ema_decay) if method.uses_ema else None
-    optimizer = build_optimizer(model, cfg.optim)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)  # fp16 is not offered here
-    teacher = ema.model if ema is not None and cfg.method.teacher == "ema" else model
-    models = Models(student=model, teacher=teacher, raw_student=model)
-    for extra in getattr(method, "extras", []):
-        if (
-            extra.name == "prevmatch"
-        ):  # a populated store, as after a few epochs (otherwise the term is skipped)
-            for epoch in range(args.prevmatch_snapshots):
-                extra.add_snapshot(model, epoch)
-    n_images = 2 if args.task == "change_detection" else 1
-    bs_l = args.batch * 2 if args.method == "supervised" else args.batch
-    labeled = _synthetic_batch(n_images, bs_l, args.crop, args.nclass, device, labeled=True)
-    unlabeled = (
-        _synthetic_batch(n_images, args.batch, args.crop, args.nclass, device, labeled=False)
-        if method.needs_unlabeled
-        else None
-    )
     total_iters = 1000
-    state = {"iteration": 0}
-    model.train()
+    step = TrainStep.from_config(cfg, device, total_iters)
+    for extra in step.method.extras:
+        if hasattr(extra, "add_snapshot"):  # PrevMatch: a populated store, as after a few epochs
+            for epoch in range(args.prevmatch_snapshots):
+                extra.add_snapshot(step.model, epoch)
+    n_images = get_task(cfg.task).num_images
+    needs_unlabeled = METHODS[args.method].needs_unlabeled
+    labeled = _synthetic_batch(n_images, args.batch if needs_unlabeled else args.batch * 2, args.crop,
+                               args.nclass, device, labeled=True)  # fmt: skip
+    unlabeled = _synthetic_batch(n_images, args.batch, args.crop, args.nclass, device, labeled=False)
+    unlabeled = unlabeled if needs_unlabeled else None
+    iteration = iter(range(total_iters // 2, total_iters))  # mid-run: PrevMatch's lambda is at its peak
+    step.model.train()
 
-    def iteration() -> None:
-        set_lr(optimizer, lr_for_step(cfg.optim, state["iteration"], total_iters), cfg.optim.lr_multi)
-        method.set_progress(total_iters // 2, total_iters)  # mid-run: PrevMatch's λ is at its peak
-        with autocast(args.amp, device):
-            result = method.step(models, labeled, unlabeled)
-        if not torch.isfinite(result.loss).item():
-            raise RuntimeError("non-finite loss in the benchmark step")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(result.loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        if ema is not None:
-            ema.update(model, state["iteration"])
-        state["iteration"] += 1
-        result.loss.item()
+    def one_step() -> None:
+        float(step(labeled, unlabeled, next(iteration))["loss"])  # read back, as a log point does
 
     out = _header(args, "train_step", device)
-    out.update(impl="ours", teacher=args.teacher, uses_ema=ema is not None)
+    out.update(impl="ours", teacher=args.teacher, uses_ema=step.ema is not None)
     memory = PeakMemory(device)
     if device.type != "cuda":
         out["baseline_rss_mb"] = round(memory.baseline_mb, 1)
     with memory.measure(out, "step"):
-        out["step_s"] = round(median_seconds(iteration, device, args.warmup, args.iters), 4)
+        out["step_s"] = round(median_seconds(one_step, device, args.warmup, args.iters), 4)
     return out
 
 
@@ -229,8 +209,12 @@ def _cuda_calls_are_identity(enabled: bool):
         torch.Tensor.cuda = original  # type: ignore[method-assign]
 
 
+# The official repository's script per task: its folder, and who makes the pseudo-labels there.
+OFFICIAL_SCRIPTS = {"segmentation": ("", "ema"), "change_detection": ("remote-sensing", "student")}
+
+
 def _import_official_dpt(repo: Path, task: str):
-    root = repo / "remote-sensing" if task == "change_detection" else repo
+    root = repo / OFFICIAL_SCRIPTS[task][0]
     if not (root / "model" / "semseg" / "dpt.py").is_file():
         raise SystemExit(
             f"--official-repo {repo}: {root / 'model/semseg/dpt.py'} not found; point it at a checkout of "
@@ -263,9 +247,9 @@ def bench_official(args: argparse.Namespace) -> dict[str, Any]:
         betas=(0.9, 0.999),
         weight_decay=0.01,
     )
-    cd = args.task == "change_detection"
+    official_teacher = OFFICIAL_SCRIPTS[args.task][1]
     b, c = args.batch, args.crop
-    dates = 2 if cd else 1
+    dates = get_task(args.task).num_images
 
     def images() -> list[torch.Tensor]:  # normalised float, as the official loader hands them over
         return [torch.randn(b, 3, c, c, device=device) for _ in range(dates)]
@@ -291,7 +275,7 @@ def bench_official(args: argparse.Namespace) -> dict[str, Any]:
 
     def iteration() -> None:
         with torch.no_grad():
-            teacher = model if cd else model_ema  # official remote-sensing: the online student
+            teacher = model if official_teacher == "student" else model_ema
             pred_u_w = teacher(*u_w).detach()
             conf_u_w, mask_u_w = pred_u_w.softmax(dim=1).max(dim=1)
         s1 = [mix(t, box1) for t in s1_src]
@@ -321,7 +305,7 @@ def bench_official(args: argparse.Namespace) -> dict[str, Any]:
         state["iteration"] += 1
 
     out = _header(args, "train_step", device)
-    out.update(impl="official", official_repo=str(args.official_repo), teacher="student" if cd else "ema")
+    out.update(impl="official", official_repo=str(args.official_repo), teacher=official_teacher)
     memory = PeakMemory(device)
     if device.type != "cuda":
         out["baseline_rss_mb"] = round(memory.baseline_mb, 1)

@@ -76,8 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_dataset(root: Path, args: argparse.Namespace) -> Path:
     """Write images + masks and a split folder (labeled.txt, unlabeled.txt, val.txt); returns the split folder."""
-    from semiseg.data.splits import list_training_images, list_val_images, make_splits
-    from semiseg.synthetic import write_folder_dataset
+    from semiseg.segmentation.layouts import list_training_images, list_val_images, make_splits
+    from semiseg.segmentation.synthetic import write_folder_dataset
 
     n_train = args.labeled + args.unlabeled
     write_folder_dataset(root, n_train, args.val, args.nclass, (args.size, args.size), seed=args.data_seed)
@@ -139,7 +139,7 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
 
 def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from semiseg.config import load_config
-    from semiseg.engine.trainer import train
+    from semiseg.train.loop import train
 
     t_data = time.time()
     split = make_dataset(work / "data", args)

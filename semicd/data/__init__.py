@@ -1,7 +1,9 @@
 """Change-detection data: A/B/label tiles, GeoTIFF-pair windows, dataset preparation and SemiCD splits.
 
-Every dataset here returns the sample dict of `semiseg.data` with `images = (before, after)`.
+Every dataset here returns the sample of `semiseg.data.sample` with `images = (before, after)`.
 """
+
+from semiseg.data.lists import read_name_list
 
 from .geotiff_pair import (
     GeoTiffPairDataset,
@@ -13,14 +15,7 @@ from .geotiff_pair import (
 )
 from .prepare import prepare_levir, prepare_whu
 from .splits import semicd_splits, write_semicd_splits
-from .tiles import (
-    CD_GEOMETRY,
-    ChangeTileDataset,
-    build_change_tile_datasets,
-    cd_geometry,
-    check_tiles,
-    read_name_list,
-)
+from .tiles import CD_GEOMETRY, ChangeTileDataset, build_change_tile_datasets, cd_geometry, check_tiles
 
 __all__ = [
     "CD_GEOMETRY",

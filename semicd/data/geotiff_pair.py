@@ -26,23 +26,21 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-import shapely
-import torch
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.features import rasterize
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform_of
-from torch.utils.data import Dataset
 
-from semicd.geo.pair import apply_stretch, grid_differences, open_raster, stretch_for
-from semiseg.data.geometry import IGNORE_INDEX, GeometryConfig, random_geometry
+from semiseg.data.geometry import GeometryConfig
+from semiseg.data.sample import CropDataset, Raw
 from semiseg.errors import SemisegError
+from semiseg.geo.pair import apply_stretch, grid_differences, open_raster, stretch_for
+from semiseg.grid import window_starts
 
-from .tiles import MODES, cd_geometry, label_to_binary, repeat_to_length
+from .tiles import cd_geometry, label_to_binary
 
 AREAS = ("labeled", "unlabeled", "val")
-OVERVIEW_MAX_SIDE = 1024
 MASK_MAX_SIDE = 4096
 
 # (col_off, row_off, width, height) in pixels of the before raster.
@@ -87,22 +85,14 @@ def to_uint8(array: np.ndarray, stretch: tuple[tuple[float, float], ...] | None)
     return np.ascontiguousarray(apply_stretch(array, stretch).transpose(1, 2, 0))
 
 
-def _starts(size: int, window: int, stride: int) -> list[int]:
-    if size <= window:
-        return [0]
-    starts = list(range(0, size - window + 1, stride))
-    if starts[-1] != size - window:
-        starts.append(size - window)  # the last window is clamped inside the raster
-    return starts
-
-
 def window_grid(height: int, width: int, window: int, stride: int | None = None) -> list[WindowBox]:
     """Row-major window grid; the last row/column is clamped inside; a raster under one window gives one."""
     stride = stride or window
     if window <= 0 or stride <= 0:
         raise SemisegError(f"window ({window}) and stride ({stride}) must be positive pixel counts")
     h, w = min(window, height), min(window, width)
-    return [(c, r, w, h) for r in _starts(height, window, stride) for c in _starts(width, window, stride)]
+    rows, cols = window_starts(height, window, stride), window_starts(width, window, stride)
+    return [(c, r, w, h) for r in rows for c in cols]
 
 
 def valid_fractions(
@@ -172,6 +162,8 @@ def assign_windows(
         unknown = set(areas) - set(AREAS)
         if unknown:
             raise SemisegError(f"unknown area name(s) {sorted(unknown)}: use {', '.join(AREAS)}")
+        import shapely  # polygons only: a scene with a label raster never needs the vector stack
+
         xs, ys = _window_centres(transform, boxes)
         for name in ("val", "labeled", "unlabeled"):
             if name not in areas:
@@ -204,7 +196,7 @@ def assign_windows(
     return {name: result[name] for name in AREAS}
 
 
-class GeoTiffPairDataset(Dataset):
+class GeoTiffPairDataset(CropDataset):
     """Windows of a before/after GeoTIFF pair as the shared sample dict (see the module docstring).
 
     `boxes` are (col_off, row_off, width, height) windows of the before raster. Labels (modes train_l and val)
@@ -227,8 +219,10 @@ class GeoTiffPairDataset(Dataset):
         seed: int = 0,
         check: bool = True,
     ) -> None:
-        if mode not in MODES:
-            raise SemisegError(f"unknown GeoTIFF dataset mode {mode!r}: use one of {', '.join(MODES)}")
+        super().__init__(
+            [tuple(int(v) for v in box) for box in boxes], mode, geometry if geometry is not None else cd_geometry(),
+            nsample, seed,
+        )  # fmt: skip
         if mode != "train_u" and label is None and change_polygons is None:
             raise SemisegError(
                 f"mode {mode} needs change labels: give a label raster or a change-polygon file"
@@ -239,18 +233,13 @@ class GeoTiffPairDataset(Dataset):
             check_raster_pair(before, after, label if mode != "train_u" else None)
         self.before, self.after = Path(before), Path(after)
         self.label = Path(label) if label is not None and mode != "train_u" else None
-        self.mode = mode
         self.bands = tuple(int(b) for b in bands)
-        self.geometry = geometry if geometry is not None else cd_geometry()
-        self.seed = seed
-        self.epoch = 0
         with open_raster(before, "before image") as a, open_raster(after, "after image") as b:
             _check_bands(a, self.bands, before)
             _check_bands(b, self.bands, after)
             self.transform, self.crs = a.transform, a.crs
             self.stretch = (stretch_for(a, self.bands), stretch_for(b, self.bands))
-        self.boxes = [tuple(int(v) for v in box) for box in repeat_to_length(list(boxes), nsample)]
-        if not self.boxes:
+        if not self.items:
             raise SemisegError(f"no windows for the {mode} set of {before}: check the areas and min_valid")
         self.geometries = None
         if change_polygons is not None and mode != "train_u":
@@ -264,12 +253,9 @@ class GeoTiffPairDataset(Dataset):
         state.update(_handles=None, _tree=None, _pid=None)  # never ship open GDAL handles to workers
         return state
 
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Change the random geometry between epochs when no DataLoader workers re-seed torch."""
-        self.epoch = epoch
+    @property
+    def boxes(self) -> list[WindowBox]:
+        return self.items
 
     def window(self, index: int) -> Window:
         return Window(*self.boxes[index])
@@ -297,6 +283,8 @@ class GeoTiffPairDataset(Dataset):
         return self._handles
 
     def _rasterised_label(self, index: int) -> np.ndarray:
+        import shapely
+
         _, _, w, h = self.boxes[index]
         transform = self.window_transform(index)
         if self._tree is None:
@@ -316,11 +304,11 @@ class GeoTiffPairDataset(Dataset):
             handle.read(1, window=self.window(index)), f"{self.label} window {self.boxes[index]}"
         )
 
-    def rng(self, index: int) -> np.random.Generator:
-        mode = MODES.index(self.mode)
-        return np.random.default_rng([self.seed, mode, index, self.epoch])
+    def name(self, index: int) -> str:
+        col, row = self.boxes[index][:2]
+        return f"{self.before.stem}_r{row}_c{col}"
 
-    def __getitem__(self, index: int) -> dict:
+    def read(self, index: int) -> Raw:
         before, after, label_handle = self._open()
         win = self.window(index)
         bands = list(self.bands)
@@ -330,26 +318,7 @@ class GeoTiffPairDataset(Dataset):
             after.read_masks(bands, window=win) > 0
         ).all(0)
         label = self._read_label(index, label_handle) if self.mode != "train_u" else None
-        if self.mode == "val":
-            images = [image_a, image_b]
-            ignore = np.zeros(valid.shape, dtype=np.uint8)
-        else:
-            # The validity mask rides along as a third "image" so it gets exactly the pair's geometry.
-            crops, label, ignore = random_geometry(
-                [image_a, image_b, valid.astype(np.uint8) * 255], label, self.geometry, self.rng(index)
-            )
-            images, valid = crops[:2], crops[2] >= 128
-        if label is None:
-            label = np.full(valid.shape, IGNORE_INDEX, dtype=np.uint8)
-        label = np.where(valid, label, IGNORE_INDEX)
-        ignore = np.where(valid, ignore, IGNORE_INDEX).astype(np.uint8)
-        col, row = self.boxes[index][:2]
-        return {
-            "images": tuple(torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))) for im in images),
-            "label": torch.from_numpy(label.astype(np.int64)),
-            "ignore": torch.from_numpy(ignore),
-            "name": f"{self.before.stem}_r{row}_c{col}",
-        }
+        return [image_a, image_b], label, valid
 
 
 def build_geotiff_pair_datasets(
@@ -364,15 +333,19 @@ def build_geotiff_pair_datasets(
     fractions: Mapping[str, float] | None = None,
     min_valid: float = 0.5,
     bands: Sequence[int] = (1, 2, 3),
-    crop_size: int = 252,
+    crop_size: int | None = None,
     geometry: GeometryConfig | None = None,
     seed: int = 0,
-) -> tuple[GeoTiffPairDataset, GeoTiffPairDataset | None, GeoTiffPairDataset | None]:
+    training: bool = True,
+    with_unlabeled: bool = True,
+    nsample: int | None = None,
+) -> tuple[GeoTiffPairDataset | None, GeoTiffPairDataset | None, GeoTiffPairDataset | None]:
     """(labeled, unlabeled, val) window datasets of one scene; the labeled windows repeat to the unlabeled
-    count.
+    count (to `nsample` without unlabeled windows).
 
     Windows valid in both dates for less than `min_valid` of their pixels are skipped. Sets that end up empty
-    (e.g. no unlabeled area) are None, except labeled, which is an error.
+    (e.g. no unlabeled area) are None, except labeled, which is an error. `training=False` builds only the val
+    set; `with_unlabeled=False` leaves the unlabeled windows out (supervised runs).
     """
     check_raster_pair(before, after, label)
     with open_raster(before, "before image") as a:
@@ -386,22 +359,20 @@ def build_geotiff_pair_datasets(
             f"no window of {before} is at least {min_valid:.0%} valid in both dates: check nodata"
         )
     assigned = assign_windows(boxes, transform, crs, areas, fractions, seed)
-    if not assigned["labeled"]:
+    if training and not assigned["labeled"]:
         raise SemisegError("no labeled windows: enlarge the labeled area or the labeled fraction")
     geometry = geometry if geometry is not None else cd_geometry(crop_size)
     common = dict(
         label=label, change_polygons=change_polygons, bands=bands, geometry=geometry, seed=seed, check=False
     )
-    unlabeled = [boxes[i] for i in assigned["unlabeled"]]
+    unlabeled = [boxes[i] for i in assigned["unlabeled"]] if training and with_unlabeled else []
     val = [boxes[i] for i in assigned["val"]]
-    labeled_ds = GeoTiffPairDataset(
-        before,
-        after,
-        [boxes[i] for i in assigned["labeled"]],
-        "train_l",
-        nsample=len(unlabeled) or None,
-        **common,
-    )
+    labeled_ds = None
+    if training:
+        labeled = [boxes[i] for i in assigned["labeled"]]
+        labeled_ds = GeoTiffPairDataset(
+            before, after, labeled, "train_l", nsample=len(unlabeled) or nsample, **common
+        )
     unlabeled_ds = GeoTiffPairDataset(before, after, unlabeled, "train_u", **common) if unlabeled else None
     val_ds = GeoTiffPairDataset(before, after, val, "val", **common) if val else None
     return labeled_ds, unlabeled_ds, val_ds

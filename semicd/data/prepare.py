@@ -14,41 +14,22 @@ rewritten).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from semicd.geo.pair import open_raster, stretch_for
 from semiseg.errors import SemisegError
+from semiseg.geo.pair import open_raster, stretch_for
+from semiseg.io import read_rgb, save_png_atomic, write_lines_atomic
 
 from .geotiff_pair import to_uint8
-from .splits import write_lines_atomic
-from .tiles import IMAGE_EXTENSIONS, label_to_binary
+from .tiles import IMAGE_EXTENSIONS, label_to_binary, read_change_label
 
 LEVIR_SPLITS = ("train", "val", "test")
 WHU_SPLIT_FRACTIONS = (0.8, 0.1)  # train, val; the rest is test (5947 / 743 / 744 of 7434 tiles)
-
-
-def save_png_atomic(path: Path, array: np.ndarray) -> None:
-    """Write a PNG via a temporary file and a rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def _read_label_255(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return label_to_binary(np.asarray(im), str(path)) * np.uint8(255)
 
 
 def _tiles(array: np.ndarray, tile: int) -> list[np.ndarray]:
@@ -110,7 +91,7 @@ def prepare_levir(
             for path in (path_b, path_l):
                 if not path.is_file():
                     raise SemisegError(f"{path} is missing: every A image needs a B image and a label")
-            a, b, label = _read_rgb(path_a), _read_rgb(path_b), _read_label_255(path_l)
+            a, b, label = read_rgb(path_a), read_rgb(path_b), read_change_label(path_l) * np.uint8(255)
             if not a.shape == b.shape or label.shape != a.shape[:2]:
                 raise SemisegError(f"{path_a.name}: A, B and label differ in size in {src / split}")
             if min(a.shape[:2]) < tile:

@@ -13,25 +13,17 @@ the files distributed with SemiCD: use those files when you have them.
 from __future__ import annotations
 
 import math
-import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from semiseg.data.lists import read_name_list
 from semiseg.errors import SemisegError
+from semiseg.io import write_lines_atomic
 
-from .tiles import IMAGE_EXTENSIONS, read_name_list
+from .tiles import IMAGE_EXTENSIONS
 
 DEFAULT_PERCENTS = (5, 10, 20, 40)
-
-
-def write_lines_atomic(path: str | Path, lines: Iterable[str]) -> None:
-    """Write one line per item via a temporary file and a rename, so a crash never leaves half a list."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def semicd_splits(

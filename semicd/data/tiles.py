@@ -14,31 +14,36 @@ tile), so the BIT_CD lists without extensions and the SemiCD lists with them bot
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-from semiseg.data.geometry import GeometryConfig, random_geometry
+from semicd.task import TASK
+from semiseg.data.geometry import GeometryConfig
+from semiseg.data.lists import find_list, read_name_list
+from semiseg.data.sample import CropDataset, Raw
 from semiseg.errors import SemisegError
+from semiseg.io import read_rgb
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-MODES = ("train_l", "train_u", "val")
 FOLDERS = ("A", "B", "label")
 
-# The official UniMatch V2 remote-sensing recipe: both sides scaled by U(0.8, 1.2), 252 crop, hflip 0.5.
-CD_GEOMETRY = GeometryConfig(crop_size=252, ratio_range=(0.8, 1.2), base_size=None, hflip=0.5)
 
-
-def cd_geometry(crop_size: int = 252, vflip: float = 0.0, rot90: bool = False) -> GeometryConfig:
-    """The official change-detection geometry at another crop size, with our optional extra flips."""
+def cd_geometry(crop_size: int | None = None, vflip: float = 0.0, rot90: bool = False) -> GeometryConfig:
+    """The official change-detection geometry (the task's defaults: both sides scaled by U(0.8, 1.2), crop 252,
+    hflip 0.5), optionally at another crop size and with our extra flips."""
+    data = TASK.defaults["data"]
     return GeometryConfig(
-        crop_size=crop_size, ratio_range=(0.8, 1.2), base_size=None, hflip=0.5, vflip=vflip, rot90=rot90
+        crop_size=crop_size or data["crop_size"],
+        ratio_range=tuple(data["ratio_range"]),
+        vflip=vflip,
+        rot90=rot90,
     )
+
+
+CD_GEOMETRY = cd_geometry()
 
 
 def tile_stem(name: str) -> str:
@@ -57,18 +62,6 @@ def resolve_tile(folder: Path, name: str) -> Path | None:
         if path.is_file():
             return path
     return None
-
-
-def read_name_list(path: str | Path) -> list[str]:
-    """One file name per line (extension optional); blank lines and surrounding whitespace are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise SemisegError(f"name list {path} does not exist: give a text file with one tile name per line")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    names = [n for n in names if n]
-    if not names:
-        raise SemisegError(f"name list {path} is empty: it needs one tile name per line")
-    return names
 
 
 def label_to_binary(array: np.ndarray, source: str) -> np.ndarray:
@@ -98,12 +91,8 @@ def label_to_binary(array: np.ndarray, source: str) -> np.ndarray:
     )
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def _read_label(path: Path) -> np.ndarray:
+def read_change_label(path: Path) -> np.ndarray:
+    """A change-mask image as uint8 0/1 (see `label_to_binary`)."""
     with Image.open(path) as im:
         array = np.asarray(im.convert("L") if im.mode in ("I", "I;16", "F") else im)
     return label_to_binary(array, str(path))
@@ -157,25 +146,11 @@ def check_tiles(
         )
 
 
-def repeat_to_length(names: list[str], nsample: int | None) -> list[str]:
-    """The official rule for the labeled list: repeat it whole until it reaches `nsample`, then cut.
-
-    Lists already at least `nsample` long are left as they are (the official code would truncate them).
-    """
-    if nsample is None or nsample <= len(names) or not names:
-        return list(names)
-    return (names * math.ceil(nsample / len(names)))[:nsample]
-
-
-class ChangeTileDataset(Dataset):
-    """Before/after tiles with a change mask, returning the shared sample dict of `semiseg.data`.
+class ChangeTileDataset(CropDataset):
+    """Before/after tiles with a change mask, as the shared sample of `semiseg.data.sample`.
 
     Modes: `train_l` (random geometry, label 0/1), `train_u` (random geometry, label all 255, label files not
     needed), `val` (whole tiles, no geometry). Random geometry is shared pixel-exactly by A, B and the label.
-
-    Each sample draws its randomness from a numpy Generator seeded with (seed, mode,
-    index, epoch): independent of which DataLoader worker loads a sample (so a resumed run is exact),
-    different every epoch: the trainer calls `set_epoch` before each epoch.
     """
 
     def __init__(
@@ -187,23 +162,17 @@ class ChangeTileDataset(Dataset):
         nsample: int | None = None,
         seed: int = 0,
     ) -> None:
-        if mode not in MODES:
-            raise SemisegError(f"unknown change-tile dataset mode {mode!r}: use one of {', '.join(MODES)}")
+        if not names:
+            raise SemisegError(f"no tile names given for {root} ({mode}): check the split list")
+        super().__init__(names, mode, geometry if geometry is not None else CD_GEOMETRY, nsample, seed)
         self.root = Path(root)
-        self.mode = mode
-        self.geometry = geometry if geometry is not None else CD_GEOMETRY
-        self.names = repeat_to_length(list(names), nsample if mode == "train_l" else None)
-        if not self.names:
-            raise SemisegError(f"no tile names given for {self.root} ({mode}): check the split list")
-        self.seed = seed
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Change the random geometry between epochs when no DataLoader workers re-seed torch."""
-        self.epoch = epoch
+    @property
+    def names(self) -> list[str]:
+        return self.items
 
-    def __len__(self) -> int:
-        return len(self.names)
+    def name(self, index: int) -> str:
+        return tile_stem(self.items[index])
 
     def _path(self, sub: str, name: str) -> Path:
         path = resolve_tile(self.root / sub, name)
@@ -211,47 +180,22 @@ class ChangeTileDataset(Dataset):
             raise SemisegError(f"tile {name!r} is missing in {self.root / sub}: run check_tiles on the list")
         return path
 
-    def rng(self, index: int) -> np.random.Generator:
-        """The Generator of one sample draw (see the class docstring)."""
-        mode = MODES.index(self.mode)  # labeled and unlabeled sample i must not share their crops
-        return np.random.default_rng([self.seed, mode, index, self.epoch])
-
-    def __getitem__(self, index: int) -> dict:
-        name = self.names[index]
+    def read(self, index: int) -> Raw:
+        name = self.items[index]
         path_a, path_b = self._path("A", name), self._path("B", name)
-        image_a, image_b = _read_rgb(path_a), _read_rgb(path_b)
+        image_a, image_b = read_rgb(path_a), read_rgb(path_b)
         if image_a.shape != image_b.shape:
             raise SemisegError(
                 f"{path_a} is {image_a.shape[1]}x{image_a.shape[0]} but {path_b} is "
                 f"{image_b.shape[1]}x{image_b.shape[0]}: before and after tiles must have the same size"
             )
-        label = None
-        if self.mode != "train_u":
-            path_l = self._path("label", name)
-            label = _read_label(path_l)
-            if label.shape != image_a.shape[:2]:
-                raise SemisegError(
-                    f"{path_l} does not have the size of {path_a}: labels must match the tiles"
-                )
-        if self.mode == "val":
-            images = [image_a, image_b]
-            ignore = np.zeros(label.shape, dtype=np.uint8)
-        else:
-            images, label, ignore = random_geometry([image_a, image_b], label, self.geometry, self.rng(index))
-        return {
-            "images": tuple(torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))) for im in images),
-            "label": torch.from_numpy(label.astype(np.int64)),
-            "ignore": torch.from_numpy(ignore),
-            "name": tile_stem(name),
-        }
-
-
-def _find_list(split_dir: Path | None, root: Path, filename: str) -> Path | None:
-    candidates = [split_dir, split_dir.parent] if split_dir is not None else []
-    for folder in [*candidates, root]:
-        if folder is not None and (folder / filename).is_file():
-            return folder / filename
-    return None
+        if self.mode == "train_u":
+            return [image_a, image_b], None, None
+        path_l = self._path("label", name)
+        label = read_change_label(path_l)
+        if label.shape != image_a.shape[:2]:
+            raise SemisegError(f"{path_l} does not have the size of {path_a}: labels must match the tiles")
+        return [image_a, image_b], label, None
 
 
 def _names(given: Sequence[str] | str | Path | None, fallback: Path | None) -> list[str] | None:
@@ -271,19 +215,24 @@ def build_change_tile_datasets(
     eval_names: Sequence[str] | str | Path | None = None,
     eval_list: str = "test",
     unlabeled_root: str | Path | None = None,
-    crop_size: int = 252,
+    crop_size: int | None = None,
     geometry: GeometryConfig | None = None,
     seed: int = 0,
     check: bool = True,
-) -> tuple[ChangeTileDataset, ChangeTileDataset | None, ChangeTileDataset]:
+    training: bool = True,
+    with_unlabeled: bool = True,
+    nsample: int | None = None,
+) -> tuple[ChangeTileDataset | None, ChangeTileDataset | None, ChangeTileDataset]:
     """The (labeled, unlabeled, eval) datasets of one semi-supervised change-detection run.
 
     Lists come from `split_dir` (`labeled.txt`, `unlabeled.txt`; `<eval_list>.txt` searched in `split_dir`,
     its parent, then `root`) unless given directly as name lists or list-file paths. The official
     remote-sensing code evaluates on `test.txt`; pass `eval_list="val"` to select models on a validation list
     instead. The labeled list is repeated to the unlabeled length (official rule) so one epoch is one pass
-    over the unlabeled set. Without an unlabeled list (supervised runs) the unlabeled dataset is None and
-    nothing is repeated. `unlabeled_root` lets unlabeled tiles live in another folder (large-scale setting).
+    over the unlabeled set. Without an unlabeled list (supervised runs) the unlabeled dataset is None and the
+    labeled list is repeated to `nsample` instead. `unlabeled_root` lets unlabeled tiles live in another folder
+    (large-scale setting). `training=False` reads and checks only the evaluation list, `with_unlabeled=False`
+    leaves the unlabeled list alone (supervised runs).
     """
     root = Path(root)
     split = Path(split_dir) if split_dir is not None else None
@@ -295,11 +244,16 @@ def build_change_tile_datasets(
     def in_split(filename: str) -> Path | None:
         return split / filename if split is not None and (split / filename).is_file() else None
 
-    labeled_names = _names(labeled, in_split("labeled.txt"))
-    if labeled_names is None:
-        raise SemisegError("no labeled list: give split_dir containing labeled.txt or a labeled name list")
-    unlabeled_names = _names(unlabeled, in_split("unlabeled.txt"))
-    eval_path = _find_list(split, root, f"{eval_list}.txt")
+    labeled_names = unlabeled_names = None
+    if training:
+        labeled_names = _names(labeled, in_split("labeled.txt"))
+        if labeled_names is None:
+            raise SemisegError(
+                "no labeled list: give split_dir containing labeled.txt or a labeled name list"
+            )
+        if with_unlabeled:
+            unlabeled_names = _names(unlabeled, in_split("unlabeled.txt"))
+    eval_path = find_list(f"{eval_list}.txt", split, split and split.parent, root)
     eval_list_names = _names(eval_names, eval_path)
     if eval_list_names is None:
         raise SemisegError(
@@ -307,15 +261,17 @@ def build_change_tile_datasets(
         )
     u_root = Path(unlabeled_root) if unlabeled_root is not None else root
     if check:
-        check_tiles(root, labeled_names)
         check_tiles(root, eval_list_names)
+        if labeled_names is not None:
+            check_tiles(root, labeled_names)
         if unlabeled_names is not None:
             check_tiles(u_root, unlabeled_names, require_label=False)
     geometry = geometry if geometry is not None else cd_geometry(crop_size)
-    unlabeled_ds = None
+    labeled_ds = unlabeled_ds = None
     if unlabeled_names is not None:
         unlabeled_ds = ChangeTileDataset(u_root, unlabeled_names, "train_u", geometry, seed=seed)
-    nsample = len(unlabeled_names) if unlabeled_names is not None else None
-    labeled_ds = ChangeTileDataset(root, labeled_names, "train_l", geometry, nsample=nsample, seed=seed)
+    if labeled_names is not None:
+        count = len(unlabeled_names) if unlabeled_names is not None else nsample
+        labeled_ds = ChangeTileDataset(root, labeled_names, "train_l", geometry, nsample=count, seed=seed)
     eval_ds = ChangeTileDataset(root, eval_list_names, "val", seed=seed)
     return labeled_ds, unlabeled_ds, eval_ds

@@ -1,50 +1,54 @@
-"""Turn a validated config into the (labeled, unlabeled, val) datasets of a run, for either task.
+"""`build(cfg, stage)`: a validated config in, the datasets of one stage of a run out, for any task.
 
-One entry point for the trainer so it never opens files itself; change-detection datasets live in
-`semicd.data` and are imported lazily, keeping `semiseg` free of the GIS stack until it is needed.
+The task's `DatasetSpec` for `data.dataset` builds them (`semiseg.task`); this module owns what is the same for
+every task and dataset: which sets a stage needs, and the errors when one is missing. Stages (as torchgeo's
+`setup(stage)`):
+
+- `fit`: labeled, unlabeled (only when the method trains on unlabeled images) and evaluation data, all checked
+  on disk before training starts;
+- `eval`: the evaluation data only, so scoring a checkpoint needs neither the training lists nor their files.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from torch.utils.data import Dataset
 
 from semiseg.config import Config
 from semiseg.errors import SemisegError
+from semiseg.methods.registry import METHODS
+from semiseg.task import get_task
 
-DATASETS_DIR = Path(__file__).resolve().parents[2] / "datasets"
-SEGMENTATION = ("pascal", "cityscapes", "ade20k", "coco", "folder")
-CHANGE_DETECTION = ("levir_cd", "whu_cd", "change_tiles", "geotiff_pair")
+Stage = Literal["fit", "eval"]
+STAGES: tuple[Stage, ...] = ("fit", "eval")
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """What a dataset builder is asked for: `stage`, and whether the unlabeled set is needed."""
+
+    stage: Stage
+    unlabeled: bool
+
+    @property
+    def training(self) -> bool:
+        return self.stage == "fit"
 
 
 @dataclass
 class DataBundle:
-    labeled: Dataset
+    """The datasets of a run; `labeled`/`unlabeled` are None when the stage or method does not use them."""
+
+    labeled: Dataset | None
     unlabeled: Dataset | None
     val: Dataset
     classes: list[str]
 
 
-def build_datasets(cfg: Config, need_train: bool = True) -> DataBundle:
-    d = cfg.data
-    if cfg.task == "segmentation":
-        if d.dataset not in SEGMENTATION:
-            raise SemisegError(
-                f"data.dataset {d.dataset!r} is not a segmentation dataset ({', '.join(SEGMENTATION)})"
-            )
-        return _segmentation(cfg)
-    if d.dataset not in CHANGE_DETECTION:
-        raise SemisegError(
-            f"data.dataset {d.dataset!r} is not a change-detection dataset ({', '.join(CHANGE_DETECTION)})"
-        )
-    from semicd.data.build import build_change_datasets
-
-    return build_change_datasets(cfg)
-
-
-def _require_root(cfg: Config) -> Path:
+def require_root(cfg: Config) -> Path:
     if not cfg.data.root:
         raise SemisegError("data.root is not set: pass --set data.root=/path/to/dataset")
     root = Path(cfg.data.root).expanduser()
@@ -53,39 +57,23 @@ def _require_root(cfg: Config) -> Path:
     return root
 
 
-def _segmentation(cfg: Config) -> DataBundle:
-    from semiseg.data.segmentation import build_segmentation_datasets, class_names
-    from semiseg.data.splits import resolve_split
-
-    d = cfg.data
-    root = _require_root(cfg)
-    if not d.split:
+def build(cfg: Config, stage: Stage) -> DataBundle:
+    """The datasets `stage` needs, checked; bad data fails here with a message naming the file or list."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    task = get_task(cfg.task)
+    spec = task.dataset(cfg.data.dataset)
+    request = DataRequest(stage, unlabeled=stage == "fit" and METHODS[cfg.method.name].needs_unlabeled)
+    bundle = spec.build(cfg, request)
+    if request.training and bundle.labeled is None:
+        raise SemisegError(f"data.dataset={cfg.data.dataset} gave no labeled training data")
+    if request.unlabeled and bundle.unlabeled is None:
         raise SemisegError(
-            "data.split is not set: a split name (e.g. 92) or a folder with labeled.txt / val.txt"
+            f"method {cfg.method.name} needs unlabeled data, but none was found for this split "
+            "(add unlabeled.txt to the split, set data.unlabeled_list, or use method.name=supervised)"
         )
-    files = resolve_split(d.dataset, str(d.split), DATASETS_DIR)
-    if d.unlabeled_list:
-        files = replace(files, unlabeled=Path(d.unlabeled_list))
-    if d.val_list:
-        files = replace(files, val=Path(d.val_list))
-    if cfg.method.name == "supervised":
-        files = replace(files, unlabeled=None)
-    labeled, unlabeled, val = build_segmentation_datasets(
-        root,
-        d.dataset,
-        files,
-        crop_size=d.crop_size,
-        nclass=d.nclass,
-        unlabeled_root=d.unlabeled_root,
-        ratio_range=tuple(d.ratio_range),
-        base_size=d.base_size,
-        hflip=d.hflip,
-        seed=cfg.train.seed,
-        labeled_nsample=d.nsample if cfg.method.name == "supervised" else None,
-    )
-    if cfg.method.name != "supervised" and unlabeled is None:
-        raise SemisegError(
-            f"method {cfg.method.name} needs unlabeled images, but the split has no unlabeled.txt"
-        )
-    classes = d.classes or class_names(d.dataset, d.nclass)
-    return DataBundle(labeled, unlabeled, val, list(classes))
+    if not request.unlabeled:
+        bundle.unlabeled = None
+    if bundle.val is None:
+        raise SemisegError(f"data.dataset={cfg.data.dataset} gave no evaluation data: set data.val_list")
+    return bundle

@@ -8,9 +8,13 @@ flip, which is what keeps a before/after pair and its change mask pixel-aligned.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from semiseg.config import Config
 
 IGNORE_INDEX = 255
 
@@ -29,6 +33,15 @@ class GeometryConfig:
     hflip: float = 0.5
     vflip: float = 0.0
     rot90: bool = False
+
+
+def geometry_from_config(cfg: Config) -> GeometryConfig:
+    """The training geometry a config asks for (the same keys for every task and dataset)."""
+    d = cfg.data
+    return GeometryConfig(
+        crop_size=d.crop_size, ratio_range=tuple(d.ratio_range), base_size=d.base_size, hflip=d.hflip,
+        vflip=d.vflip, rot90=d.rot90,
+    )  # fmt: skip
 
 
 def _resize(array: np.ndarray, size_hw: tuple[int, int], nearest: bool) -> np.ndarray:

@@ -6,14 +6,16 @@ augmenter, so the same code trains a segmenter (one image) and a change detector
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from semiseg.augment import normalize
 from semiseg.config import Config
 from semiseg.methods.losses import cross_entropy, ohem_cross_entropy
+from semiseg.models.normalize import normalize
 
 
 @dataclass
@@ -33,8 +35,11 @@ class Batch:
 
 @dataclass
 class StepOutput:
+    """The loss to minimise and what to log. Log values stay tensors (or plain floats): reading a tensor's
+    value waits for the accelerator, so the trainer converts them only when it actually logs."""
+
     loss: torch.Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
 
 @dataclass
@@ -47,14 +52,23 @@ class Models:
 
 
 class Method:
-    """Base class: `step(models, labeled, unlabeled) -> StepOutput`. Subclasses set the two flags below."""
+    """Base class: `step(models, labeled, unlabeled) -> StepOutput`. Subclasses set the two flags below.
+
+    `mean`/`std` are the model's input normalisation; `extras` are extra loss terms (`extras.py`) that the
+    method combines with its own and whose state and epoch hooks it forwards.
+    """
 
     needs_unlabeled = False
     uses_ema = False
 
-    def __init__(self, cfg: Config, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(
+        self, cfg: Config, mean: Sequence[float], std: Sequence[float], extras: Sequence[Any] = ()
+    ) -> None:
         self.cfg = cfg
-        self.mean, self.std = mean, std
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.extras = list(extras)
+        for extra in self.extras:
+            extra.bind(self)
 
     def norm(self, images: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         return tuple(normalize(x, self.mean, self.std) for x in images)
@@ -83,10 +97,14 @@ class Method:
 
     def on_epoch_end(self, model: nn.Module, epoch: int, scores: dict[str, dict] | None) -> None:
         """Called after each epoch (with the evaluation scores when one ran); extras hook in here."""
+        for extra in self.extras:
+            extra.on_epoch_end(model, epoch, scores)
 
-    def state_dict(self) -> dict:
-        """Method state that must survive a resume (e.g. PrevMatch's snapshots)."""
-        return {}
+    def state_dict(self) -> dict[str, Any]:
+        """Method state that must survive a resume (e.g. PrevMatch's snapshots), per extra."""
+        return {extra.name: extra.state_dict() for extra in self.extras}
 
-    def load_state_dict(self, state: dict) -> None:
-        pass
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for extra in self.extras:
+            if extra.name in state:
+                extra.load_state_dict(state[extra.name])

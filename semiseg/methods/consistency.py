@@ -7,10 +7,9 @@ Optional extras (PrevMatch, MaskMatch) add loss terms from the same step context
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
 
 from semiseg.augment import StrongViews, mix_with_reversed
 from semiseg.config import Config
@@ -26,22 +25,17 @@ class Consistency(Method):
     def __init__(
         self,
         cfg: Config,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
+        mean: Sequence[float],
+        std: Sequence[float],
         n_views: int,
         comp_drop: bool,
-        extras: list[Extra] | None = None,
+        extras: Sequence[Extra] = (),
     ) -> None:
-        super().__init__(cfg, mean, std)
+        super().__init__(cfg, mean, std, extras)
         self.n_views = n_views
         self.comp_drop = comp_drop
-        self.extras = extras or []
-        grayscale = cfg.method.grayscale_p
-        if grayscale is None:
-            grayscale = 0.2 if cfg.task == "segmentation" else 0.0
-        self.strong = StrongViews(grayscale_p=grayscale, mean=mean, std=std)
-        for extra in self.extras:
-            extra.bind(self)
+        # The grayscale probability is a task default (0 for change detection, where colour is the signal).
+        self.strong = StrongViews(grayscale_p=cfg.method.grayscale_p, mean=mean, std=std)
 
     def teacher_labels(self, models: Models, images: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         for extra in self.extras:
@@ -70,23 +64,15 @@ class Consistency(Method):
         )
         valid = unlabeled.ignore != 255
         mask_ratio = ((conf >= tau) & valid).sum() / valid.sum().clamp_min(1)
-        logs = {"loss_x": loss_x.item(), "loss_u": float(loss_u.detach()), "mask_ratio": mask_ratio.item()}
+        logs = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask_ratio": mask_ratio}
 
         numerator, denominator = loss_x + loss_u, 2.0
         if self.extras:
             ctx = StepContext(
-                models,
-                labeled,
-                unlabeled,
-                conf,
-                plabel,
-                probs,
-                views,
-                targets,
-                pred_s,
-                self.iteration,
-                self.total_iters,
-            )
+                models=models, labeled=labeled, unlabeled=unlabeled, conf=conf, plabel=plabel, probs=probs,
+                views=views, targets=targets, pred_s=pred_s, iteration=self.iteration,
+                total_iters=self.total_iters,
+            )  # fmt: skip
             for extra in self.extras:
                 out = extra.loss(ctx)
                 if out is None:
@@ -97,15 +83,16 @@ class Consistency(Method):
                 logs.update(extra_logs)
         return StepOutput(numerator / denominator, logs)
 
-    # ---- hooks the trainer calls -----------------------------------------------------------------------
-    def on_epoch_end(self, model: nn.Module, epoch: int, scores: dict[str, dict] | None) -> None:
-        for extra in self.extras:
-            extra.on_epoch_end(model, epoch, scores)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {extra.name: extra.state_dict() for extra in self.extras}
+def fixmatch(
+    cfg: Config, mean: Sequence[float], std: Sequence[float], extras: Sequence[Extra] = ()
+) -> Consistency:
+    """FixMatch: one strong view, no complementary dropout."""
+    return Consistency(cfg, mean, std, n_views=1, comp_drop=False, extras=extras)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for extra in self.extras:
-            if extra.name in state:
-                extra.load_state_dict(state[extra.name])
+
+def unimatch_v2(
+    cfg: Config, mean: Sequence[float], std: Sequence[float], extras: Sequence[Extra] = ()
+) -> Consistency:
+    """UniMatch V2: two strong views, complementary channel dropout between them (`method.comp_drop`)."""
+    return Consistency(cfg, mean, std, n_views=2, comp_drop=cfg.method.comp_drop, extras=extras)

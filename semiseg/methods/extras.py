@@ -5,7 +5,8 @@ CutMix boxes and mixed targets, the student's predictions) and returns one more 
 The method combines them as (Lx + Lu + Σ λ_i·L_i) / (2 + Σ λ_i), which is PrevMatch's published form and reduces
 to the base loss when every λ is 0.
 
-Extras register themselves by name in `EXTRAS`; `semiseg.methods.build_method` instantiates the configured ones.
+Extras are listed by name in `semiseg.methods.registry.EXTRAS`; `semiseg.methods.build_method` instantiates the
+configured ones and the method binds them to itself.
 """
 
 from __future__ import annotations
@@ -57,12 +58,12 @@ class Extra:
         return self.norm(images)
 
     def pseudo_labels(
-        self, ctx_models: Models, images: tuple[torch.Tensor, ...]
+        self, models: Models, images: tuple[torch.Tensor, ...]
     ) -> tuple[torch.Tensor, ...] | None:
         """Return (conf, plabel, probs) to replace the teacher's single-scale pseudo-labels, or None."""
         return None
 
-    def loss(self, ctx: StepContext) -> tuple[torch.Tensor, float, dict[str, float]] | None:
+    def loss(self, ctx: StepContext) -> tuple[torch.Tensor, float, dict[str, torch.Tensor | float]] | None:
         """(term, λ, logs) or None when the extra has nothing to add this step."""
         return None
 
@@ -74,11 +75,3 @@ class Extra:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
-
-
-EXTRAS: dict[str, type[Extra]] = {}
-
-
-def register_extra(cls: type[Extra]) -> type[Extra]:
-    EXTRAS[cls.name] = cls
-    return cls

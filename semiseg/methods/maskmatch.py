@@ -1,12 +1,12 @@
-"""MaskMatch: masked consistency and multi-scale teacher pseudo-labels (DESIGN B.7; our reading of the abstract).
+"""MaskMatch: masked consistency and multi-scale teacher pseudo-labels (our reading of the paper's abstract).
 
 Why: predicting the segmentation of an image whose patches are mostly hidden forces the student to use context
 rather than local texture; the targets come from the teacher on the *complete* image, averaged over scales so
 they are steadier than one forward pass.
 
 Our choices, since only the abstract is confirmed (defaults in `method.maskmatch`):
-- the mask is a grid of `block_size`-px square blocks (a multiple of 14, so every block covers whole ViT
-  patches; blocks start at multiples of `block_size` from the top-left corner, the last row/column is cut at the
+- the mask is a grid of `block_size`-px square blocks (a multiple of the encoder's patch size, so every block
+  covers whole ViT patches; blocks start at multiples of `block_size` from the top-left corner, the last row/column is cut at the
   crop border). Per image exactly round(`mask_ratio` × number of blocks) blocks, chosen at random, are masked;
   `mask_ratio_actual` logs the masked fraction of pixels (it differs from the ratio when border blocks are cut);
 - masked pixels are set to 0 *after* normalisation, i.e. to the dataset mean colour, the least informative
@@ -18,8 +18,8 @@ Our choices, since only the abstract is confirmed (defaults in `method.maskmatch
   visible), confidence-thresholded with `method.conf_thresh` and normalised like the base unlabeled loss
   (sum over confident pixels / all non-padded pixels); it enters the total with weight `weight`:
   (Lx + Lu + w·Lmask) / (2 + w);
-- multi-scale pseudo-labels: for each scale s the weak images are resized to round(s × side / 14) × 14 px
-  (nearest multiple of 14, at least 14; bilinear, align_corners=False as for any image resize), run through
+- multi-scale pseudo-labels: for each scale s the weak images are resized to round(s × side / p) × p px
+  (nearest multiple of the patch size p, at least p; bilinear, align_corners=False as for any image resize), run through
   the teacher, softmaxed, and the probabilities resized back to the crop (bilinear, align_corners=True, like the
   model's own output upsampling) and averaged. The masked-consistency term always uses them; with
   `multiscale_plabels: true` (default) the base method's strong-view targets use them too (one set of teacher
@@ -34,11 +34,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from semiseg.config import Config
-from semiseg.errors import SemisegError
+from semiseg.grid import round_to_multiple
 from semiseg.methods.base import Models
-from semiseg.methods.extras import Extra, StepContext, register_extra
+from semiseg.methods.extras import Extra, StepContext
 from semiseg.methods.losses import pseudo_label_loss
-from semiseg.models.encoder import PATCH_SIZE
+from semiseg.models.specs import encoder_spec
 
 
 def block_mask(
@@ -63,20 +63,20 @@ def apply_mask(images: tuple[torch.Tensor, ...], mask: torch.Tensor) -> tuple[to
     return tuple(x * keep for x in images)
 
 
-def scaled_side(side: int, scale: float) -> int:
+def scaled_side(side: int, scale: float, patch_size: int) -> int:
     """side × scale rounded to the nearest multiple of the patch size (halves up), at least one patch."""
-    return max(PATCH_SIZE, int(side * scale / PATCH_SIZE + 0.5) * PATCH_SIZE)
+    return round_to_multiple(side * scale, patch_size)
 
 
 @torch.no_grad()
 def multiscale_probs(
-    teacher: nn.Module, images: tuple[torch.Tensor, ...], scales: list[float]
+    teacher: nn.Module, images: tuple[torch.Tensor, ...], scales: list[float], patch_size: int
 ) -> torch.Tensor:
     """Mean over scales of the teacher's softmax on resized (normalised) images, back at the input size."""
     height, width = images[0].shape[-2:]
     total: torch.Tensor | None = None
     for scale in scales:
-        size = (scaled_side(height, scale), scaled_side(width, scale))
+        size = (scaled_side(height, scale, patch_size), scaled_side(width, scale, patch_size))
         if size == (height, width):
             probs = teacher(*images).float().softmax(1)
         else:
@@ -88,38 +88,29 @@ def multiscale_probs(
     return total / len(scales)
 
 
-@register_extra
 class MaskMatch(Extra):
+    """Settings in `method.maskmatch` (checked by the configuration: a block is a whole number of patches)."""
+
     name = "maskmatch"
 
     def __init__(self, cfg: Config) -> None:
-        m = cfg.method.maskmatch
-        if m.block_size < PATCH_SIZE or m.block_size % PATCH_SIZE:
-            raise SemisegError(
-                f"method.maskmatch.block_size must be a positive multiple of {PATCH_SIZE}, got {m.block_size}"
-            )
-        if not 0.0 <= m.mask_ratio < 1.0:
-            raise SemisegError(f"method.maskmatch.mask_ratio must lie in [0, 1), got {m.mask_ratio}")
-        if not m.scales or any(s <= 0 for s in m.scales):
-            raise SemisegError(f"method.maskmatch.scales must be positive numbers, got {m.scales}")
-        if m.weight < 0:
-            raise SemisegError(f"method.maskmatch.weight must be non-negative, got {m.weight}")
-        self.cfg = m
+        self.cfg = cfg.method.maskmatch
         self.tau = cfg.method.conf_thresh
+        self.patch_size = encoder_spec(cfg.model.encoder).patch_size
 
     def _ensemble(self, teacher: nn.Module, images: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        probs = multiscale_probs(teacher, self.normed(images), list(self.cfg.scales))
+        probs = multiscale_probs(teacher, self.normed(images), list(self.cfg.scales), self.patch_size)
         conf, plabel = probs.max(1)
         return conf, plabel, probs
 
     def pseudo_labels(
-        self, ctx_models: Models, images: tuple[torch.Tensor, ...]
+        self, models: Models, images: tuple[torch.Tensor, ...]
     ) -> tuple[torch.Tensor, ...] | None:
         if not self.cfg.multiscale_plabels:
             return None
-        return self._ensemble(ctx_models.teacher, images)
+        return self._ensemble(models.teacher, images)
 
-    def loss(self, ctx: StepContext) -> tuple[torch.Tensor, float, dict[str, float]] | None:
+    def loss(self, ctx: StepContext) -> tuple[torch.Tensor, float, dict[str, torch.Tensor | float]] | None:
         images = ctx.unlabeled.images
         if self.cfg.multiscale_plabels or list(self.cfg.scales) == [1.0]:
             conf, plabel = ctx.conf, ctx.plabel  # already the (multi-scale) teacher's
@@ -129,5 +120,5 @@ class MaskMatch(Extra):
         mask = block_mask(b, h, w, self.cfg.block_size, self.cfg.mask_ratio, images[0].device)
         pred = ctx.models.student(*apply_mask(self.normed(images), mask))
         term = pseudo_label_loss(pred, plabel, conf, ctx.unlabeled.ignore, self.tau)
-        logs = {"loss_mask": float(term.detach()), "mask_ratio_actual": mask.float().mean().item()}
+        logs = {"loss_mask": term.detach(), "mask_ratio_actual": mask.float().mean()}
         return term, self.cfg.weight, logs

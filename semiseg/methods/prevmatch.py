@@ -1,4 +1,4 @@
-"""PrevMatch: pseudo-labels from a random ensemble of earlier student snapshots (DESIGN B.6).
+"""PrevMatch: pseudo-labels from a random ensemble of earlier student snapshots.
 
 Why: the EMA teacher forgets what the student knew a few epochs ago; a second target made from frozen previous
 students adds guidance that is diverse (a fresh random subset and Dirichlet weights every iteration) and
@@ -40,10 +40,9 @@ from torch.func import functional_call
 
 from semiseg.augment import mix_with_reversed
 from semiseg.config import Config
-from semiseg.errors import SemisegError
-from semiseg.methods.extras import Extra, StepContext, register_extra
+from semiseg.methods.extras import Extra, StepContext
 from semiseg.methods.losses import pseudo_label_loss
-from semiseg.metrics import primary_metric
+from semiseg.task import get_task
 
 Snapshot = dict[str, torch.Tensor]
 
@@ -84,17 +83,13 @@ def ensemble_logits(
     return total
 
 
-@register_extra
 class PrevMatch(Extra):
+    """Settings in `method.prevmatch` (ranges checked by the configuration)."""
+
     name = "prevmatch"
 
     def __init__(self, cfg: Config) -> None:
         p = cfg.method.prevmatch
-        for key in ("max_snapshots", "every_k", "max_ensemble"):
-            if getattr(p, key) < 1:
-                raise SemisegError(f"method.prevmatch.{key} must be at least 1, got {getattr(p, key)}")
-        if not 0.0 <= p.conf_thresh <= 1.0:
-            raise SemisegError(f"method.prevmatch.conf_thresh must lie in [0, 1], got {p.conf_thresh}")
         if p.trigger == "best_val" and cfg.data.val_list == "test":
             warnings.warn(
                 "method.prevmatch.trigger=best_val with data.val_list=test selects snapshots on the test set; "
@@ -102,7 +97,7 @@ class PrevMatch(Extra):
                 stacklevel=2,
             )
         self.cfg = p
-        self.metric = primary_metric(cfg.task)
+        self.metric = get_task(cfg.task).primary_metric
         self.snapshots: list[Snapshot] = []
         self.snapshot_epochs: list[int] = []
         self.best: float = -math.inf
@@ -151,7 +146,7 @@ class PrevMatch(Extra):
     def _on(self, snapshot: Snapshot, device: torch.device) -> Snapshot:
         return {k: v.to(device, non_blocking=True) for k, v in snapshot.items()}
 
-    def loss(self, ctx: StepContext) -> tuple[torch.Tensor, float, dict[str, float]] | None:
+    def loss(self, ctx: StepContext) -> tuple[torch.Tensor, float, dict[str, torch.Tensor | float]] | None:
         if not self.snapshots:
             return None  # before the first snapshot: the base loss alone
         weight = triangle_weight(ctx.iteration, ctx.total_iters)
@@ -168,7 +163,7 @@ class PrevMatch(Extra):
             terms.append(pseudo_label_loss(pred, plabel_m, conf_m, ignore_mixed, self.cfg.conf_thresh))
         term = sum(terms) / len(terms)
         logs = {
-            "loss_prev": float(term.detach()),
+            "loss_prev": term.detach(),
             "lambda_prev": weight,
             "snapshots": float(len(self.snapshots)),
         }

@@ -8,4 +8,4 @@ from semiseg.methods.base import Batch, Method, Models, StepOutput
 class Supervised(Method):
     def step(self, models: Models, labeled: Batch, unlabeled: Batch | None) -> StepOutput:
         loss = self.labeled_loss(models.student(*self.norm(labeled.images)), labeled.label)
-        return StepOutput(loss, {"loss_x": loss.item()})
+        return StepOutput(loss, {"loss_x": loss.detach()})

@@ -1,6 +1,5 @@
-"""Models: DINOv2 encoder (timm), DPT head, the Segmentor that joins them, and checkpoint loading."""
+"""Models: encoder specs (`specs`, no torch), the timm ViT encoder (`encoder`), the DPT head (`dpt`), the
+Segmentor that joins them (`segmentor`), and checkpoint loading and export (`checkpoints`).
 
-from semiseg.models.loading import build_model, export_model, load_model
-from semiseg.models.segmentor import Segmentor
-
-__all__ = ["Segmentor", "build_model", "export_model", "load_model"]
+Import from the modules themselves; this package imports nothing, so reading a spec never loads torch.
+"""

@@ -1,40 +1,17 @@
 """DPT decoder head (as configured by UniMatch V2: no BatchNorm, bilinear with align_corners=True).
 
-Takes the four tapped encoder maps (all at H/14) and rebuilds a 4/14/8 ... pyramid: layer 1 upsampled x4, layer 2
-x2, layer 3 kept, layer 4 downsampled x2, then fused from deep to shallow and upsampled x2 once more, giving logits
-at 8 x (H/14). The segmentor resizes those to the input size.
+Takes the four tapped encoder maps (all at H/p, p the encoder's patch size) and rebuilds a pyramid: layer 1
+upsampled x4, layer 2 x2, layer 3 kept, layer 4 downsampled x2, then fused from deep to shallow and upsampled x2
+once more, giving logits at 8 x (H/p). The segmentor resizes those to the input size.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from semiseg.errors import SemisegError
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    features: int
-    out_channels: tuple[int, int, int, int]
-
-
-HEAD_SPECS: dict[str, HeadSpec] = {
-    "tiny": HeadSpec(16, (12, 24, 48, 48)),
-    "small": HeadSpec(64, (48, 96, 192, 384)),
-    "base": HeadSpec(128, (96, 192, 384, 768)),
-    "large": HeadSpec(256, (256, 512, 1024, 1024)),
-    "giant": HeadSpec(384, (1536, 1536, 1536, 1536)),
-}
-
-
-def head_spec(size: str) -> HeadSpec:
-    if size not in HEAD_SPECS:
-        raise SemisegError(f"unknown encoder size {size!r}: choose one of {', '.join(HEAD_SPECS)}")
-    return HEAD_SPECS[size]
+from semiseg.models.specs import HeadSpec
 
 
 class ResidualConvUnit(nn.Module):

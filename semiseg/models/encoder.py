@@ -9,7 +9,6 @@ weight layout).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,35 +18,7 @@ from timm.layers import SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 
 from semiseg.errors import SemisegError
-
-PATCH_SIZE = 14
-PRETRAIN_GRID = 37  # DINOv2 position embeddings are trained at 518 px = 37 x 37 patches.
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    dim: int
-    depth: int
-    heads: int
-    taps: tuple[int, int, int, int]
-    hub_name: str | None
-    swiglu: bool = False
-
-
-ENCODER_SPECS: dict[str, EncoderSpec] = {
-    # `tiny` is ours: the same code path at a size that trains in seconds on a CPU, for tests and demos.
-    "tiny": EncoderSpec(48, 4, 3, (0, 1, 2, 3), None),
-    "small": EncoderSpec(384, 12, 6, (2, 5, 8, 11), "vit_small_patch14_dinov2.lvd142m"),
-    "base": EncoderSpec(768, 12, 12, (2, 5, 8, 11), "vit_base_patch14_dinov2.lvd142m"),
-    "large": EncoderSpec(1024, 24, 16, (4, 11, 17, 23), "vit_large_patch14_dinov2.lvd142m"),
-    "giant": EncoderSpec(1536, 40, 24, (9, 19, 29, 39), "vit_giant_patch14_dinov2.lvd142m", swiglu=True),
-}
-
-
-def encoder_spec(size: str) -> EncoderSpec:
-    if size not in ENCODER_SPECS:
-        raise SemisegError(f"unknown encoder size {size!r}: choose one of {', '.join(ENCODER_SPECS)}")
-    return ENCODER_SPECS[size]
+from semiseg.models.specs import EncoderSpec, encoder_spec
 
 
 def resample_pos_embed_official(pos_embed: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
@@ -92,19 +63,22 @@ class DinoV2(VisionTransformer):
 
 
 class Encoder(nn.Module):
-    """DINOv2 returning its four tapped layers, final-norm applied, CLS dropped, as B x C x H/14 x W/14 maps."""
+    """DINOv2 returning its four tapped layers, final-norm applied, CLS dropped, as B x C x H/p x W/p maps."""
 
-    def __init__(self, size: str) -> None:
+    def __init__(self, size: str | EncoderSpec) -> None:
         super().__init__()
-        spec = encoder_spec(size)
-        self.size = size
+        spec = size if isinstance(size, EncoderSpec) else encoder_spec(size)
+        self.size = spec.name
         self.spec = spec
         extra: dict = {}
         if spec.swiglu:
+            # DINOv2-g's SwiGLU hidden width is (int(4 * dim * 2 / 3) + 7) // 8 * 8 = 4096 for dim 1536. timm's
+            # packed SwiGLU takes the two gates as one fc1 of twice that width, hence mlp_ratio = 2 * 2.66667.
             extra = dict(mlp_ratio=2.66667 * 2, mlp_layer=SwiGLUPacked, act_layer=nn.SiLU)
         self.vit = DinoV2(
-            img_size=PRETRAIN_GRID * PATCH_SIZE,
-            patch_size=PATCH_SIZE,
+            img_size=spec.pretrain_grid * spec.patch_size,
+            patch_size=spec.patch_size,
+            in_chans=spec.bands,
             embed_dim=spec.dim,
             depth=spec.depth,
             num_heads=spec.heads,
@@ -180,6 +154,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def convert_official_dinov2(state: dict[str, torch.Tensor], vit: nn.Module) -> dict[str, torch.Tensor]:
     """Map official DINOv2 keys onto timm's: drop `mask_token`, SwiGLU `w12`/`w3` become `fc1`/`fc2`.
+
+    timm's own DINOv2 checkpoint filter does the same renaming, but it also resamples `pos_embed` (with
+    antialiasing) whenever shapes differ, which would silently change a mismatched file instead of refusing it.
 
     Also checks the key sets so a wrong file fails with the names of what is missing or unexpected.
     """

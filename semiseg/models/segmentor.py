@@ -2,6 +2,7 @@
 
 The only thing that differs between segmentation and change detection is `fusion`: `identity` for one image,
 `absdiff` (|f_A - f_B| per tapped layer, encoder shared and run once on both dates stacked in the batch) for two.
+The model knows the structure of its input; tasks only say which fusion they need.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from semiseg.errors import SemisegError
-from semiseg.models.dpt import DPTHead, head_spec
-from semiseg.models.encoder import PATCH_SIZE, Encoder
+from semiseg.models.dpt import DPTHead
+from semiseg.models.encoder import Encoder
+from semiseg.models.specs import EncoderSpec, encoder_spec
 
-FUSIONS = ("identity", "absdiff")
+FUSIONS = {"identity": 1, "absdiff": 2}  # fusion -> images per sample
 
 
 def complementary_masks(
@@ -40,28 +42,37 @@ def complementary_masks(
 class Segmentor(nn.Module):
     """`forward(*images, comp_drop=False)` -> logits at input resolution.
 
-    Each image is B x C x H x W float (normalised), H and W multiples of 14. With `comp_drop=True` the batch must be
-    two stacked strong views (`cat(s1, s2)`), and complementary dropout is applied to the fused features.
+    Each image is B x C x H x W float, normalised with `self.mean` / `self.std`, H and W multiples of
+    `self.patch_size`. With `comp_drop=True` the batch must be two stacked strong views (`cat(s1, s2)`), and
+    complementary dropout is applied to the fused features.
     """
 
-    def __init__(self, encoder_size: str, nclass: int, fusion: str = "identity") -> None:
+    def __init__(self, encoder_size: str | EncoderSpec, nclass: int, fusion: str = "identity") -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise SemisegError(f"unknown fusion {fusion!r}: choose one of {', '.join(FUSIONS)}")
         if nclass < 1:
             raise SemisegError(f"nclass must be positive, got {nclass}")
-        self.encoder_size = encoder_size
+        spec = encoder_size if isinstance(encoder_size, EncoderSpec) else encoder_spec(encoder_size)
+        self.spec = spec
+        self.encoder_size = spec.name
         self.nclass = nclass
         self.fusion = fusion
-        self.encoder = Encoder(encoder_size)
-        self.head = DPTHead(self.encoder.embed_dim, nclass, head_spec(encoder_size))
+        # The input this model expects; a loaded checkpoint may replace them with what it was trained with.
+        self.mean, self.std = tuple(spec.mean), tuple(spec.std)
+        self.encoder = Encoder(spec)
+        self.head = DPTHead(spec.dim, nclass, spec.head)
         # Channels-last convolutions are what oneDNN and cuDNN run fastest: measured -19 % (bf16) / -9 % (fp32)
         # for a DINOv2-S forward+backward on CPU. Same maths; only the memory layout of the head's weights.
         self.head.to(memory_format=torch.channels_last)
 
     @property
     def num_images(self) -> int:
-        return 2 if self.fusion == "absdiff" else 1
+        return FUSIONS[self.fusion]
+
+    @property
+    def patch_size(self) -> int:
+        return self.spec.patch_size
 
     def features(self, *images: torch.Tensor) -> list[torch.Tensor]:
         if len(images) != self.num_images:
@@ -69,8 +80,12 @@ class Segmentor(nn.Module):
                 f"this model takes {self.num_images} image(s) per sample ({self.fusion} fusion), got {len(images)}"
             )
         h, w = images[0].shape[-2:]
-        if h % PATCH_SIZE or w % PATCH_SIZE:
-            raise SemisegError(f"input sides must be multiples of {PATCH_SIZE}, got {h}x{w}")
+        p = self.patch_size
+        if h % p or w % p:
+            raise SemisegError(
+                f"input sides must be multiples of {p} (the encoder's patch size), got {h}x{w}; "
+                f"resize or pad the images to {-(-h // p) * p}x{-(-w // p) * p}"
+            )
         if self.fusion == "identity":
             return self.encoder(images[0])
         a, b = images
@@ -97,3 +112,10 @@ class Segmentor(nn.Module):
         enc_ids = {id(p) for p in enc}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in enc_ids]
         return enc, rest
+
+
+def build_model(encoder: str, nclass: int, fusion: str = "identity", weights: str | None = None) -> Segmentor:
+    """A fresh model, with encoder weights from `weights` (a file, `hub`, or None for random init)."""
+    model = Segmentor(encoder, nclass, fusion)
+    model.encoder.load_pretrained(weights)
+    return model

@@ -9,8 +9,7 @@ files, so an output path either holds a complete result or nothing new.
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,11 @@ from affine import Affine
 from rasterio.enums import Resampling
 
 from semiseg.errors import SemisegError
+from semiseg.io import remove_quietly, temp_path_for
 
+# Every raster we write: 255 is nodata, probabilities are stored as round(p * 254) so they never collide with it.
 NODATA = 255
+PROB_SCALE = 254.0
 BLOCK = 512
 OVERVIEW_FACTORS = (2, 4, 8, 16, 32, 64)
 
@@ -37,12 +39,6 @@ def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
     if not os.access(folder, os.W_OK):
         raise SemisegError(f"cannot write the {what} into {folder}: permission denied")
     return p
-
-
-def temp_path_for(path: str | os.PathLike, suffix: str = "") -> Path:
-    """A hidden, unique temporary name in the output's own folder, so the final `os.replace` is atomic."""
-    p = Path(path)
-    return p.with_name(f".{p.name}.{uuid.uuid4().hex[:8]}.tmp{suffix or p.suffix}")
 
 
 def class_colormap(num_classes: int) -> dict[int, tuple[int, int, int, int]]:
@@ -166,14 +162,3 @@ class StreamingGeoTiff:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.done:
             self.cleanup()
-
-
-def remove_quietly(paths: Iterable[str | os.PathLike]) -> None:
-    """Delete files if they exist; cleanup must never mask the error that triggered it."""
-    for p in paths:
-        try:
-            os.remove(p)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            pass

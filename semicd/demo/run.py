@@ -32,12 +32,13 @@ import torch
 from PIL import Image, ImageDraw
 from rasterio.windows import Window
 
-from semicd.synthetic_scene import write_scene
+from semicd.demo.scene import write_scene
+from semicd.task import TASK
 from semiseg.config import Config, config_from_dict
-from semiseg.data.build import build_datasets
+from semiseg.data.build import build
 from semiseg.errors import SemisegError
 from semiseg.metrics import change_scores
-from semiseg.models.loading import load_model
+from semiseg.models.checkpoints import load_model
 
 WINDOW = 112  # training windows (px) laid over the scene
 CROP = 84  # random crop inside a window (multiple of 14)
@@ -57,7 +58,7 @@ def demo_config(
 ) -> Config:
     """The demo's training config: DINOv2-tiny + UniMatch V2 on windows of the synthetic pair."""
     raw = {
-        "task": "change_detection",
+        "task": TASK.name,
         "data": {
             "dataset": "geotiff_pair",
             "before": str(scene_dir / "before.tif"),
@@ -155,7 +156,8 @@ def _fractions(matrix: np.ndarray) -> dict[str, float]:
     return {k: round(scores[k] / 100.0, 4) for k in keys}
 
 
-def _read_rgb(path: Path, shape: tuple[int, int]) -> np.ndarray:
+def _preview_rgb(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A raster's first three bands (one band repeated), averaged down to `shape`, for the preview image."""
     with rasterio.open(path) as ds:
         data = ds.read(out_shape=(ds.count, *shape), resampling=rasterio.enums.Resampling.average)
     if data.shape[0] == 1:
@@ -169,7 +171,7 @@ def write_preview(before: Path, after: Path, change: Path, truth: Path, out: Pat
         height, width = ds.height, ds.width
     panel_w = max(1, min(width, PREVIEW_WIDTH // 3))
     shape = (max(1, round(height * panel_w / width)), panel_w)
-    a, b = _read_rgb(before, shape), _read_rgb(after, shape)
+    a, b = _preview_rgb(before, shape), _preview_rgb(after, shape)
     with rasterio.open(change) as ds:
         changed = ds.read(1, out_shape=shape, resampling=rasterio.enums.Resampling.mode) == 1
     with rasterio.open(truth) as ds:
@@ -192,9 +194,9 @@ def write_preview(before: Path, after: Path, change: Path, truth: Path, out: Pat
 
 def run_demo(out: str | Path, size: int = 2048, iters: int = 480, seed: int = 0) -> dict[str, Any]:
     """Make a scene in `out`, train in `out/run`, predict the scene, score it; return paths, metrics, times."""
-    from semicd.geo.predict import predict_raster
-    from semiseg.engine.trainer import train
-    from semiseg.predict_images import make_predictor, pick_device
+    from semiseg.devices import pick_device
+    from semiseg.predict import predict_scene
+    from semiseg.train.loop import train
 
     out = Path(out)
     if iters < 1:
@@ -215,7 +217,7 @@ def run_demo(out: str | Path, size: int = 2048, iters: int = 480, seed: int = 0)
     t0 = time.perf_counter()
     counts = write_areas(out, seed)
     probe = demo_config(out)
-    iters_per_epoch = len(build_datasets(probe).unlabeled) // BATCH
+    iters_per_epoch = len(build(probe, "fit").unlabeled) // BATCH
     if iters_per_epoch < 1:
         raise SemisegError(f"a {size} px scene is too small for the demo: use --size 256 or more")
     epochs, max_iters, eval_every = plan_iterations(iters, iters_per_epoch)
@@ -236,22 +238,26 @@ def run_demo(out: str | Path, size: int = 2048, iters: int = 480, seed: int = 0)
 
     t0 = time.perf_counter()
     checkpoint = out / "run" / "best.pt"
-    model = load_model(checkpoint, task="change_detection")
+    model = load_model(checkpoint)
     change_path, polygons_path = out / "change.tif", out / "change.gpkg"
     for stale in (change_path, polygons_path):
         stale.unlink(missing_ok=True)
-    summary = predict_raster(
+    summary = predict_scene(
+        model,
         [scene.before, scene.after],
-        make_predictor(model, pick_device("auto")),
         change_path,
+        device=pick_device("auto"),
         window=PREDICT_WINDOW,
         overlap=0.25,
         batch_size=8,
         num_workers=0,
         polygons_path=polygons_path,
         progress=False,
-        tags={"classes": "unchanged,changed", "checkpoint": checkpoint.name, "task": "change_detection"},
-        num_classes=2,
+        tags={
+            "classes": ",".join(model.meta["classes"]),
+            "checkpoint": checkpoint.name,
+            "task": model.meta["task"],
+        },
         min_area_m2=10.0,
     )
     seconds["predict"] = time.perf_counter() - t0

@@ -1,9 +1,9 @@
 """The grid of overlapping windows a scene is predicted in, grouped in rows for streaming.
 
-Windows are square, a multiple of 14 px (the DINOv2 patch), and overlap by a fraction so seams can be blended
-away. Along each axis the starts step by `stride = window - round(window * overlap)`; the last window is
-clamped to end exactly at the raster's edge (so no window hangs outside a raster larger than it), and a raster
-smaller than a window gets one window that is read padded.
+Windows are square, a multiple of the model's patch size (14 px for DINOv2), and overlap by a fraction so seams
+can be blended away. Along each axis the starts step by `stride = window - round(window * overlap)`
+(`semiseg.grid.window_starts`); the last window is clamped to end exactly at the raster's edge (so no window
+hangs outside a raster larger than it), and a raster smaller than a window gets one window that is read padded.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from semiseg.errors import SemisegError
-
-PATCH = 14
+from semiseg.grid import window_starts
 
 
 @dataclass(frozen=True)
@@ -51,36 +50,21 @@ class TileGrid:
     def __len__(self) -> int:
         return len(self.row_starts) * len(self.col_starts)
 
-    def rows_final_after(self, row_index: int) -> int:
-        """Raster rows above this bound are finished once every window of strip `row_index` is blended.
 
-        No later strip reaches above its own first row, so everything above the next strip's start is final.
-        """
-        if row_index + 1 < len(self.row_starts):
-            return self.row_starts[row_index + 1]
-        return self.height
-
-
-def check_window(window: int, overlap: float) -> None:
+def check_window(window: int, overlap: float, patch_size: int) -> None:
     """Refuse window sizes the model cannot take and overlaps that make no sense, before any compute."""
-    if window <= 0 or window % PATCH:
-        raise SemisegError(f"--window {window} must be a positive multiple of {PATCH} (e.g. 504)")
+    if window <= 0 or window % patch_size:
+        raise SemisegError(
+            f"--window {window} must be a positive multiple of {patch_size}, the model's patch size "
+            f"(e.g. {36 * patch_size})"
+        )
     if not 0.0 <= overlap < 1.0:
         raise SemisegError(f"--overlap {overlap} must be a fraction in [0, 1), e.g. 0.25")
 
 
-def window_starts(length: int, window: int, stride: int) -> tuple[int, ...]:
-    """Starts along one axis: every `stride`, the last one clamped so the window ends at the raster's edge."""
-    if length <= window:
-        return (0,)
-    starts = list(range(0, length - window, stride))
-    starts.append(length - window)
-    return tuple(starts)
-
-
-def make_grid(height: int, width: int, window: int = 504, overlap: float = 0.25) -> TileGrid:
+def make_grid(height: int, width: int, window: int, overlap: float, patch_size: int) -> TileGrid:
     """The window grid of a raster: windows of `window` px overlapping by `overlap` of their size."""
-    check_window(window, overlap)
+    check_window(window, overlap, patch_size)
     if height <= 0 or width <= 0:
         raise SemisegError(f"the raster to predict is empty ({height}x{width} px)")
     stride = max(1, window - round(window * overlap))

@@ -2,8 +2,9 @@
 
 The caller supplies `predictor(images) -> probabilities`: `images` is a tuple (one per date) of uint8 tensors
 B x C x h x w with values 0..255, and the result is B x K x h x w class probabilities. Normalisation, the
-device and the model are the caller's business, so this module works the same for change detection (two dates)
-and segmentation (one image), and tests can pass a toy function.
+device and the model are the caller's business (`semiseg.predict.make_predictor`), so this module works the same
+for change detection (two dates) and segmentation (one image), and tests can pass a toy function. Windows must
+be a multiple of the model's patch size: the predictor's `patch_size` attribute, or the `patch_size` argument.
 
 Flow: `open_scene` checks the inputs; a `TileGrid` of overlapping windows is read by a DataLoader whose
 workers open their own rasterio handles; windows without any valid pixel are not predicted; probabilities are
@@ -27,22 +28,24 @@ from rasterio.errors import RasterioError
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from semicd.geo.blend import StripBlender
-from semicd.geo.pair import RasterSource, Scene, close_source, open_scene, open_source, read_window
-from semicd.geo.vectorize import pixel_area_m2, polygon_driver, vectorize_classes
-from semicd.geo.windows import Tile, TileGrid, check_window, make_grid
-from semicd.geo.writer import (
-    NODATA,
-    StreamingGeoTiff,
-    check_output_path,
-    class_colormap,
-    remove_quietly,
-    temp_path_for,
-)
 from semiseg.errors import SemisegError
+from semiseg.geo.area import pixel_area_m2
+from semiseg.geo.blend import StripBlender
+from semiseg.geo.pair import RasterSource, Scene, close_source, open_source, read_window
+from semiseg.geo.windows import Tile, TileGrid, make_grid
+from semiseg.geo.writer import NODATA, PROB_SCALE, StreamingGeoTiff, check_output_path, class_colormap
+from semiseg.io import remove_quietly, temp_path_for
 
 Predictor = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
-PROB_SCALE = 254.0
+POLYGON_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
+
+
+def polygon_driver(path: str | os.PathLike) -> str:
+    """The vector driver for an output name, chosen by extension; other extensions are refused up front."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in POLYGON_DRIVERS:
+        raise SemisegError(f"--polygons {path}: use a .gpkg (GeoPackage) or .geojson file name")
+    return POLYGON_DRIVERS[suffix]
 
 
 class WindowDataset(Dataset):
@@ -146,7 +149,7 @@ class _Stats:
 
 
 def predict_raster(
-    sources: Scene | Sequence[str | os.PathLike],
+    scene: Scene,
     predictor: Predictor,
     out_path: str | os.PathLike,
     *,
@@ -157,27 +160,30 @@ def predict_raster(
     probs_path: str | os.PathLike | None = None,
     polygons_path: str | os.PathLike | None = None,
     threshold: float | None = None,
-    nodata: float | None = None,
     tta: bool = False,
     progress: bool = True,
     tags: Mapping[str, object] | None = None,
-    align: str = "error",
-    bands: Sequence[int] | None = None,
     num_classes: int | None = None,
     background: int | None = 0,
     sieve_pixels: int = 4,
     min_area_m2: float = 0.0,
+    patch_size: int | None = None,
 ) -> dict:
     """Predict a scene window by window and write the class map (and optionally probabilities and polygons).
 
-    `sources` is a `Scene` from `open_pair`/`open_single`, or paths opened here with `align` and `bands`.
+    `scene` comes from `semiseg.geo.pair.open_scene` (checks, alignment, bands, nodata override).
     `threshold` (2-class models) picks class 1 where its probability reaches it, else argmax is used.
-    `nodata` overrides the inputs' masks. `tags` (e.g. classes, checkpoint hash) are written into the rasters,
-    with the window, overlap, threshold and TTA added. `num_classes` is only needed to colour a map when no
-    pixel was valid. Returns a summary: changed (non-zero class) area in m² and % of the valid area, pixel
-    counts per class, seconds and megapixels per second.
+    `tags` (e.g. classes, checkpoint hash) are written into the rasters, with the window, overlap, threshold
+    and TTA added. `num_classes` is only needed to colour a map when no pixel was valid. Returns a summary:
+    changed (non-zero class) area in m² and % of the valid area, pixel counts per class, seconds and megapixels
+    per second.
     """
-    check_window(window, overlap)
+    patch_size = patch_size or getattr(predictor, "patch_size", None)
+    if patch_size is None:
+        raise SemisegError(
+            "predict_raster needs the model's patch size: pass patch_size or a predictor that has one"
+        )
+    grid = make_grid(scene.height, scene.width, window, overlap, patch_size)
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise SemisegError(f"--threshold {threshold} must be between 0 and 1")
     outputs = [check_output_path(out_path, "output")]
@@ -186,10 +192,7 @@ def predict_raster(
     if polygons_path is not None:
         polygon_driver(polygons_path)
         outputs.append(check_output_path(polygons_path, "polygon output"))
-    scene = sources if isinstance(sources, Scene) else open_scene(list(sources), align=align, bands=bands)
-    scene = scene.with_nodata(nodata)
     _check_outputs(scene, outputs)
-    grid = make_grid(scene.height, scene.width, window, overlap)
     run_tags = {"window": window, "overlap": overlap, "threshold": threshold or "argmax", "tta": tta}
     run_tags.update(tags or {})
 
@@ -223,6 +226,10 @@ def predict_raster(
                 probs_file = probs_out.finish(None, {"values": f"{what} x 254, 255 = nodata"})
             n_polygons = None
             if polygons_path is not None:
+                from semiseg.geo.vectorize import (
+                    vectorize_classes,  # the vector stack loads only for polygons
+                )
+
                 n_polygons = vectorize_classes(
                     class_file,
                     polygons_tmp,

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from semicd.geo.windows import Tile, TileGrid
+from semiseg.geo.windows import Tile, TileGrid
 
 
 def cosine_ramp(length: int) -> np.ndarray:

@@ -1,9 +1,8 @@
-"""Split files: which images are labeled, unlabeled and for validation.
+"""Segmentation splits: the standard benchmark layouts on disk, and the split folders of a run.
 
 A split is a folder with `labeled.txt`, `unlabeled.txt` (optional: absent means supervised only) and
 `val.txt` (or `val.txt` one level up, as in the official UniMatch V2 layout `splits/pascal/92/` +
-`splits/pascal/val.txt`). Each line is `"<image_rel> <mask_rel>"` relative to the data root, so the official
-split folders work unchanged. An unlabeled line may omit its mask or write `None` (Cityscapes `train_extra`).
+`splits/pascal/val.txt`); the line format is in `semiseg.data.lists`.
 
 We also enumerate the train/val images of each standard layout and draw new splits from them. The labeled
 subset is a prefix of one seeded shuffle, so for a fixed seed the 1/16 split is contained in the 1/8 split
@@ -13,130 +12,46 @@ and so on: results across label budgets then differ only by the extra labels, no
 from __future__ import annotations
 
 import math
-import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from semiseg.data.lists import DATASETS_DIR, SplitItem, find_list, find_split_folder, write_split_file
 from semiseg.errors import SemisegError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")
-LAYOUTS = ("pascal", "cityscapes", "ade20k", "coco", "folder")
-
-
-@dataclass(frozen=True)
-class SplitItem:
-    """One line of a split file: an image and, when labeled, its mask (paths relative to the data root)."""
-
-    image: str
-    mask: str | None = None
 
 
 @dataclass(frozen=True)
 class SplitFiles:
-    """The three list files of one split; `unlabeled` is None for a supervised-only split."""
+    """The three list files of one split; `labeled` / `unlabeled` are None when absent."""
 
-    labeled: Path
+    labeled: Path | None
     unlabeled: Path | None
     val: Path
 
 
-# ------------------------------------------------------------------------------------------------------
-# Reading and writing split files
-
-
-def read_split_file(path: str | Path) -> list[SplitItem]:
-    """Read a split file: one `"<image> [<mask>|None]"` per line, blank lines skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise SemisegError(
-            f"split file {path} does not exist; check data.split or create it with `semiseg splits`"
-        )
-    items = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        tokens = line.split()
-        if not tokens:
-            continue
-        if len(tokens) > 2:
-            raise SemisegError(
-                f"{path}:{lineno}: expected '<image> <mask>' but found {len(tokens)} fields "
-                "(paths with spaces are not supported in split files; rename the files)"
-            )
-        mask = tokens[1] if len(tokens) == 2 and tokens[1] != "None" else None
-        items.append(SplitItem(tokens[0], mask))
-    return items
-
-
-def write_split_file(path: str | Path, items: Iterable[SplitItem]) -> None:
-    """Write a split file atomically (temp name + rename), so an interrupted run never leaves half a list."""
-    path = Path(path)
-    lines = []
-    for item in items:
-        for p in (item.image, item.mask):
-            if p is not None and (not p or any(c.isspace() for c in p)):
-                raise SemisegError(
-                    f"cannot write {p!r} to a split file: paths must be non-empty without spaces"
-                )
-        lines.append(f"{item.image} {item.mask if item.mask is not None else 'None'}\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(lines))
-    os.replace(tmp, path)
-
-
-# ------------------------------------------------------------------------------------------------------
-# Finding a split folder
-
-
-def _available_splits(dataset_dir: Path) -> list[str]:
-    if not dataset_dir.is_dir():
-        return []
-    return sorted(str(p.parent.relative_to(dataset_dir)) for p in dataset_dir.rglob("labeled.txt"))
-
-
-def _split_files_in(folder: Path) -> SplitFiles:
+def split_files_in(folder: Path, need_labeled: bool = True) -> SplitFiles:
+    """The lists of a split folder; `val.txt` may sit in its parent (official layout)."""
     labeled = folder / "labeled.txt"
-    if not labeled.is_file():
+    if need_labeled and not labeled.is_file():
         raise SemisegError(
             f"split folder {folder} has no labeled.txt; a split folder holds labeled.txt, "
             "unlabeled.txt (optional) and val.txt (here or in the parent folder)"
         )
-    unlabeled = folder / "unlabeled.txt"
-    for val in (folder / "val.txt", folder.parent / "val.txt"):
-        if val.is_file():
-            break
-    else:
+    val = find_list("val.txt", folder, folder.parent)
+    if val is None:
         raise SemisegError(f"no val.txt in split folder {folder} nor in its parent {folder.parent}; add one")
-    return SplitFiles(labeled=labeled, unlabeled=unlabeled if unlabeled.is_file() else None, val=val)
+    unlabeled = folder / "unlabeled.txt"
+    return SplitFiles(labeled if labeled.is_file() else None, unlabeled if unlabeled.is_file() else None, val)
 
 
-def resolve_split(dataset: str, split: str | Path, datasets_dir: str | Path) -> SplitFiles:
-    """Find the list files of `split`: a folder path, or a split name under `datasets_dir/<dataset>/`.
-
-    A path is anything that is an existing folder or contains a path separator; otherwise `split` is a name
-    such as `92` or `1_16` looked up as `datasets_dir/<dataset>/<split>/`.
-    """
-    split_str = str(split)
-    folder = Path(split_str).expanduser()
-    if folder.is_dir():
-        return _split_files_in(folder)
-    if os.sep in split_str or (os.altsep and os.altsep in split_str):
-        # A path that is not there: do not fall back to a name lookup, that would hide the typo.
-        if not (Path(datasets_dir) / dataset / split_str).is_dir():
-            raise SemisegError(f"split folder {folder} does not exist; check data.split")
-    dataset_dir = Path(datasets_dir) / dataset
-    named = dataset_dir / split_str
-    if named.is_dir():
-        return _split_files_in(named)
-    existing = _available_splits(dataset_dir)
-    hint = f"available splits: {', '.join(existing)}" if existing else f"no splits found under {dataset_dir}"
-    raise SemisegError(
-        f"unknown split {split_str!r} for dataset {dataset!r} ({hint}); pass a split folder path "
-        "or create one with `semiseg splits`"
-    )
+def resolve_split(dataset: str, split: str | Path, datasets_dir: str | Path = DATASETS_DIR) -> SplitFiles:
+    """The list files of `split`: a folder path, or a split name under `datasets_dir/<dataset>/`."""
+    return split_files_in(find_split_folder(str(split), dataset, datasets_dir=Path(datasets_dir)))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -234,26 +149,27 @@ def _folder(root: Path, subset: str) -> list[SplitItem]:
     return items
 
 
+def _ade20k(root: Path, subset: str) -> list[SplitItem]:
+    sub = "training" if subset == "train" else "validation"
+    return _paired(root, f"images/{sub}", f"annotations/{sub}", "*.jpg", f"ADE20K images (images/{sub}/)")
+
+
+def _coco(root: Path, subset: str) -> list[SplitItem]:
+    sub = f"{subset}2017"
+    return _paired(root, sub, f"masks/{sub}", "*.jpg", f"COCO images ({sub}/)")
+
+
+# layout name -> lister(root, "train" | "val")
+LAYOUTS = {"pascal": _pascal, "cityscapes": _cityscapes, "ade20k": _ade20k, "coco": _coco, "folder": _folder}
+
+
 def _list_images(dataset: str, root: str | Path, subset: str) -> list[SplitItem]:
     root = Path(root)
     if not root.is_dir():
         raise SemisegError(f"data root {root} does not exist; check --root / data.root")
-    if dataset == "pascal":
-        items = _pascal(root, subset)
-    elif dataset == "cityscapes":
-        items = _cityscapes(root, subset)
-    elif dataset == "ade20k":
-        sub = "training" if subset == "train" else "validation"
-        items = _paired(
-            root, f"images/{sub}", f"annotations/{sub}", "*.jpg", f"ADE20K images (images/{sub}/)"
-        )
-    elif dataset == "coco":
-        sub = f"{subset}2017"
-        items = _paired(root, sub, f"masks/{sub}", "*.jpg", f"COCO images ({sub}/)")
-    elif dataset == "folder":
-        items = _folder(root, subset)
-    else:
+    if dataset not in LAYOUTS:
         raise SemisegError(f"unknown dataset layout {dataset!r}; choose one of {', '.join(LAYOUTS)}")
+    items = LAYOUTS[dataset](root, subset)
     if not items:
         raise SemisegError(
             f"found no {subset} images for layout {dataset!r} under {root}; see datasets/README.md"

@@ -9,29 +9,15 @@ window seams a single polygon. Sieving runs first so single stray pixels do not 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
-import pyproj
 import rasterio
 import shapely
 from affine import Affine
 from rasterio.features import rasterize, shapes, sieve
 
-from semiseg.errors import SemisegError
-
-DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
-NODATA = 255
-PROB_SCALE = 254.0
-
-
-def polygon_driver(path: str | os.PathLike) -> str:
-    """The vector driver for an output name, chosen by extension; other extensions are refused up front."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in DRIVERS:
-        raise SemisegError(f"--polygons {path}: use a .gpkg (GeoPackage) or .geojson file name")
-    return DRIVERS[suffix]
+from semiseg.geo.writer import NODATA, PROB_SCALE
 
 
 def areas_m2(gdf: gpd.GeoDataFrame) -> np.ndarray:
@@ -47,20 +33,6 @@ def areas_m2(gdf: gpd.GeoDataFrame) -> np.ndarray:
         return gdf.to_crs(gdf.estimate_utm_crs()).geometry.area.to_numpy()
     factor = gdf.crs.axis_info[0].unit_conversion_factor
     return gdf.geometry.area.to_numpy() * factor**2
-
-
-def pixel_area_m2(crs, transform: Affine, height: int, width: int) -> float:
-    """Ground area of one pixel in m² (at the scene centre for a geographic CRS, where it varies)."""
-    area = abs(transform.a * transform.e - transform.b * transform.d)
-    if crs is None:
-        return area
-    crs = pyproj.CRS.from_user_input(crs)
-    if crs.is_geographic:
-        x0, y0 = transform @ (width / 2, height / 2)
-        x1, y1 = transform @ (width / 2 + 1, height / 2 + 1)
-        lons, lats = [x0, x1, x1, x0], [y0, y0, y1, y1]
-        return abs(pyproj.Geod(ellps="WGS84").polygon_area_perimeter(lons, lats)[0])
-    return area * crs.axis_info[0].unit_conversion_factor ** 2
 
 
 def vectorize_classes(

@@ -17,7 +17,7 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +82,6 @@ class Scene:
     def num_bands(self) -> int:
         return len(self.sources[0].bands)
 
-    def with_nodata(self, nodata: float | None) -> Scene:
-        """The same scene with a `--nodata` override applied to every date."""
-        if nodata is None:
-            return self
-        return replace(self, sources=tuple(replace(s, nodata=nodata) for s in self.sources))
-
 
 def open_source(source: RasterSource) -> rasterio.io.DatasetReaderBase:
     """Open a source's file, through a `WarpedVRT` when it must be warped; the caller closes what it gets."""
@@ -106,13 +100,13 @@ def open_source(source: RasterSource) -> rasterio.io.DatasetReaderBase:
         src_alpha=w.src_alpha,
     )
     # Keep the underlying file alive with the VRT; closing the VRT does not close it.
-    vrt._semicd_src = src  # read back in close_source
+    vrt._source_file = src  # read back in close_source
     return vrt
 
 
 def close_source(handle: rasterio.io.DatasetReaderBase) -> None:
     """Close a handle from `open_source` and the file under it, if any."""
-    inner = getattr(handle, "_semicd_src", None)
+    inner = getattr(handle, "_source_file", None)
     handle.close()
     if inner is not None:
         inner.close()
@@ -353,14 +347,14 @@ def open_pair(
     bands: Sequence[int] | None = None,
     nodata: float | None = None,
 ) -> Scene:
-    """A before/after scene for change detection; see `open_scene` for the checks and options."""
+    """`open_scene([before, after], ...)`: a before/after scene for change detection (public convenience)."""
     return open_scene([before, after], align=align, bands=bands, nodata=nodata)
 
 
 def open_single(
     image: str | os.PathLike, bands: Sequence[int] | None = None, nodata: float | None = None
 ) -> Scene:
-    """A one-image scene for segmentation: the same code path as a pair, with one date."""
+    """`open_scene([image], ...)`: a one-image scene for segmentation (public convenience)."""
     return open_scene([image], bands=bands, nodata=nodata)
 
 

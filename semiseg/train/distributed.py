@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from semiseg.devices import pick_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -25,29 +27,18 @@ class DistInfo:
 
 
 def init_distributed(device_pref: str) -> tuple[DistInfo, torch.device]:
-    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1) and pick this process's device."""
+    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1) and pick this process's device
+    (under torchrun, its local rank's GPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_pref != "cpu"
-    if device_pref.startswith("cuda") and not torch.cuda.is_available():
-        from semiseg.errors import SemisegError
-
-        raise SemisegError(f"train.device is {device_pref!r} but no CUDA device is available")
-    if use_cuda:
-        index = local_rank if world > 1 or device_pref in ("auto", "cuda") else int(device_pref.split(":")[1])
-        device = torch.device("cuda", index)
+    pref = "cuda" if world > 1 and device_pref.startswith("cuda") else device_pref
+    device = pick_device(pref, index=local_rank)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank, world, local_rank), device
-
-
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()
 
 
 def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:

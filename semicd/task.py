@@ -1,0 +1,81 @@
+"""The change-detection task as the engine sees it (no torch here: configs and `--help` read it for free).
+
+Its defaults are the official UniMatch V2 remote-sensing recipe, so a change-detection config only says what
+differs: crop 252, batch 8, both sides rescaled by U(0.8, 1.2), no grayscale in the strong views (colour is
+what changes), pseudo-labels from the online student, evaluation on the test list.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from semiseg.task import DatasetSpec, Task
+
+if TYPE_CHECKING:
+    from semiseg.config import Config
+    from semiseg.data.build import DataBundle, DataRequest
+
+CHANGE_CLASSES = ("unchanged", "changed")
+
+# `data.*` keys each kind of change-detection data reads beyond the common ones.
+TILE_KEYS = frozenset({"root", "split", "unlabeled_root", "unlabeled_list", "val_list"})
+SCENE_KEYS = frozenset({"before", "after", "label", "window", "bands", "min_valid", "areas", "fractions"})
+
+
+def _tiles(cfg: Config, request: DataRequest) -> DataBundle:
+    from semicd.data.build import build_change_tiles
+
+    return build_change_tiles(cfg, request)
+
+
+def _scene(cfg: Config, request: DataRequest) -> DataBundle:
+    from semicd.data.build import build_scene_pair
+
+    return build_scene_pair(cfg, request)
+
+
+def _scores(cm: Any) -> dict:
+    from semiseg.metrics import change_scores
+
+    return change_scores(cm)
+
+
+def _tile_dataset(summary: str, nsample: int | None = 3000) -> DatasetSpec:
+    data: dict[str, Any] = {"val_list": "test"}  # the official protocol evaluates on the test list
+    if nsample:
+        data["nsample"] = nsample
+    return DatasetSpec(_tiles, TILE_KEYS, {"data": data}, summary)
+
+
+TASK = Task(
+    name="change_detection",
+    title="change detection",
+    command="semicd",
+    num_images=2,
+    fusion="absdiff",
+    primary_metric="iou",
+    scores=_scores,
+    nclass=2,
+    classes=CHANGE_CLASSES,
+    datasets={
+        "levir_cd": _tile_dataset("LEVIR-CD cut into 256 px tiles (`semicd prepare levir`): A/, B/, label/"),
+        "whu_cd": _tile_dataset("WHU-CD cut into 256 px tiles (`semicd prepare whu`): A/, B/, label/"),
+        "change_tiles": _tile_dataset("any A/, B/, label/ tile folder with name lists", nsample=None),
+        "geotiff_pair": DatasetSpec(
+            _scene,
+            SCENE_KEYS,
+            {},
+            "windows of your own before/after GeoTIFF pair with a label raster or polygons",
+        ),
+    },
+    defaults={
+        "data": {
+            "dataset": "levir_cd",
+            "nclass": 2,
+            "crop_size": 252,
+            "batch_size": 8,
+            "ratio_range": [0.8, 1.2],
+        },
+        "method": {"teacher": "student", "grayscale_p": 0.0},
+    },
+)

@@ -1,0 +1,116 @@
+"""Reading images and writing files, each done one way for the whole toolkit.
+
+Writes: every file we produce (checkpoints, configs, split lists, PNG tiles and masks, run records, exported
+weights) is written under a hidden temporary name in its own folder and renamed onto its path as the very last
+step. `os.replace` within one folder is atomic, so a crash, a kill or a full disk leaves either the previous
+file or the complete new one, never a truncated file that looks complete. The temporary names are unique
+(process id and a random suffix), so two processes writing the same folder never write into each other's
+temporary file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semiseg.errors import SemisegError
+
+
+def temp_path_for(path: str | os.PathLike, suffix: str | None = None) -> Path:
+    """A hidden, unique temporary name beside `path`, keeping its extension (or `suffix`).
+
+    The extension matters: image and raster writers choose their format from it.
+    """
+    p = Path(path)
+    ext = p.suffix if suffix is None else suffix
+    return p.with_name(f".{p.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{ext}")
+
+
+def remove_quietly(paths: Iterable[str | os.PathLike]) -> None:
+    """Delete files if they exist; cleanup must never mask the error that triggered it."""
+    for p in paths:
+        with contextlib.suppress(OSError):
+            os.remove(p)
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """Yield temporary paths to write; on success rename each onto its target, on any error delete them.
+
+    With several paths every file is written before any is renamed, so a set of outputs that belong together
+    (weights and their metadata) is published together.
+    """
+    targets = [Path(p) for p in paths]
+    temps = [temp_path_for(p) for p in targets]
+    try:
+        yield temps
+        for tmp, target in zip(temps, targets):
+            os.replace(tmp, target)
+    finally:
+        remove_quietly(temps)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """`atomic_paths` for one file: `with atomic_path(p) as tmp: write(tmp)`."""
+    with atomic_paths(path) as (tmp,):
+        yield tmp
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_yaml_atomic(path: str | os.PathLike, data: Any) -> Path:
+    import yaml
+
+    return write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def write_lines_atomic(path: str | os.PathLike, lines: Iterable[str]) -> Path:
+    """One line per item (a split or name list), parent folders created."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(path, "".join(f"{line}\n" for line in lines))
+
+
+def save_png_atomic(path: str | os.PathLike, array: np.ndarray, palette: list[int] | None = None) -> Path:
+    """A PNG of a uint8 array (H x W or H x W x 3); with `palette` a palette image of class ids."""
+    from PIL import Image
+
+    image = Image.fromarray(array, mode="P" if palette is not None else None)
+    if palette is not None:
+        image.putpalette(palette)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """H x W x 3 uint8: grey, palette and RGBA images are converted so every image has three channels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB"))  # writable: callers may hand it to torch
+    except OSError as err:
+        raise SemisegError(f"cannot read image {path}: {err}") from None
+
+
+def write_run_record(
+    path: str | os.PathLike, command: str, arguments: Mapping[str, Any], result: Mapping | None = None
+) -> Path:
+    """What a command was asked and what it produced, as YAML beside its outputs (so results explain
+    themselves months later)."""
+    record: dict[str, Any] = {"command": command, "arguments": dict(arguments)}
+    if result is not None:
+        record["result"] = json.loads(json.dumps(result, default=str))
+    return write_yaml_atomic(path, record)

@@ -1,0 +1,221 @@
+"""Load any checkpoint the toolkit knows, inferring the architecture from the weights; export for release.
+
+Formats:
+- ours, training (`latest.pt` / `best.pt`): {"format": "semiseg-checkpoint", "model", "ema", "config", "meta", ...};
+- ours, export: `<name>.safetensors` + `<name>.yaml` (encoder, nclass, task, fusion, normalisation, classes);
+- official UniMatch V2 (segmentation and remote-sensing): {"model", "model_ema", ...} with `module.` prefixes,
+  `backbone.*` DINOv2 keys and `head.*` DPT keys — or such a state dict on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from semiseg.errors import SemisegError
+from semiseg.io import atomic_paths
+from semiseg.models.encoder import check_keys, read_state_dict
+from semiseg.models.segmentor import Segmentor
+from semiseg.models.specs import ENCODER_SPECS, EncoderSpec
+from semiseg.task import get_task, infer_task
+
+# Marks our training checkpoints (`latest.pt`, `best.pt`); the name predates the two-task layout and is kept so
+# every checkpoint ever written still loads.
+CHECKPOINT_FORMAT = "semiseg-checkpoint"
+
+# Our DPT head names each part for what it does; the official layout keeps DPT's original names. One table,
+# read in both directions: (our prefix, official prefix, official index minus ours).
+_HEAD_KEYS = [
+    ("head.project.{}.", "head.projects.{}.", 0),
+    ("head.resize.{}.", "head.resize_layers.{}.", 0),
+    ("head.reduce.{}.", "head.scratch.layer{}_rn.", 1),
+    ("head.fusion.{}.skip_unit.", "head.scratch.refinenet{}.resConfUnit1.", 1),
+    ("head.fusion.{}.unit.", "head.scratch.refinenet{}.resConfUnit2.", 1),
+    ("head.fusion.{}.out_conv.", "head.scratch.refinenet{}.out_conv.", 1),
+    ("head.output.{}.", "head.scratch.output_conv.{}.", 0),
+]
+
+
+def _rename_head(key: str, to_official: bool) -> str:
+    for ours, official, shift in _HEAD_KEYS:
+        src, dst = (ours, official) if to_official else (official, ours)
+        match = re.match(re.escape(src).replace(re.escape("{}"), r"(\d+)"), key)
+        if match:
+            index = int(match[1]) + (shift if to_official else -shift)
+            return dst.format(index) + key[match.end() :]
+    return key
+
+
+def to_official_state_dict(model: Segmentor) -> dict[str, torch.Tensor]:
+    """Our weights in the official UniMatch V2 layout (`backbone.*`, `head.scratch.*`), without `module.`."""
+    out = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("encoder.vit."):
+            key = "backbone." + key[len("encoder.vit.") :]
+            if model.encoder.spec.swiglu:
+                key = key.replace(".mlp.fc1.", ".mlp.w12.").replace(".mlp.fc2.", ".mlp.w3.")
+        else:
+            key = _rename_head(key, to_official=True)
+        out[key] = value
+    return out
+
+
+def from_official_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official UniMatch V2 weights (with or without `module.`) in our layout."""
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key.startswith("backbone."):
+            if key == "backbone.mask_token":
+                continue
+            key = "encoder.vit." + key[len("backbone.") :]
+            key = key.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")
+        elif key.startswith("head.scratch.refinenet4.resConfUnit1."):
+            continue  # unused by the official forward: the deepest fusion step has no skip input
+        else:
+            key = _rename_head(key, to_official=False)
+        out[key] = value
+    return out
+
+
+def infer_architecture(state: dict[str, torch.Tensor]) -> tuple[EncoderSpec, int]:
+    """(encoder spec, class count) from weights in our layout: width, depth, patch size and bands must all
+    match one known encoder."""
+    if "encoder.vit.pos_embed" not in state or "head.output.2.weight" not in state:
+        raise SemisegError("weights hold no ViT encoder + DPT head (no pos_embed / output conv found)")
+    dim = state["encoder.vit.pos_embed"].shape[-1]
+    depth = 1 + max(int(m[1]) for k in state if (m := re.match(r"encoder\.vit\.blocks\.(\d+)\.", k)))
+    patch = state.get("encoder.vit.patch_embed.proj.weight")
+    for spec in ENCODER_SPECS.values():
+        if (spec.dim, spec.depth) != (dim, depth):
+            continue
+        if patch is not None and (patch.shape[-1], patch.shape[1]) != (spec.patch_size, spec.bands):
+            continue
+        return spec, int(state["head.output.2.weight"].shape[0])
+    raise SemisegError(f"no known encoder has width {dim} and {depth} blocks")
+
+
+def _load_weights(model: Segmentor, state: dict[str, torch.Tensor], source: str) -> None:
+    check_keys(state, model.state_dict(), what=f"checkpoint {source}")
+    model.load_state_dict(state, strict=True)
+
+
+def _read_checkpoint_file(path: Path) -> Any:
+    if not path.is_file():
+        raise SemisegError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise SemisegError(
+            f"{path} is not a readable checkpoint: not a PyTorch file, or it stores Python objects beyond tensors "
+            "and plain values, which safe (weights_only) loading refuses"
+        ) from None
+    except Exception as err:
+        raise SemisegError(
+            f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+        ) from None
+
+
+def _weights_and_meta(path: Path, which: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The chosen weights (in our layout) and whatever metadata the file records, for every known format."""
+    if path.suffix == ".safetensors":
+        sidecar = path.with_suffix(".yaml")
+        if not sidecar.is_file():
+            raise SemisegError(f"{path} needs its metadata file {sidecar.name} beside it")
+        return read_state_dict(path), yaml.safe_load(sidecar.read_text()) or {}
+    obj = _read_checkpoint_file(path)
+    if not isinstance(obj, dict):
+        raise SemisegError(f"{path} is not a checkpoint (found {type(obj).__name__})")
+    if obj.get("format") == CHECKPOINT_FORMAT:
+        meta = dict(obj.get("meta", {}))
+        if which == "auto":
+            which = "model" if meta.get("best_source") == "student" else "ema"
+        return obj["ema" if which == "ema" and obj.get("ema") is not None else "model"], meta
+    if "model" in obj or "model_ema" in obj:
+        key = "model_ema" if which in ("ema", "auto") and "model_ema" in obj else "model"
+        return from_official_state_dict(obj[key]), {}
+    if any(k.removeprefix("module.").startswith("backbone.") for k in obj):
+        return from_official_state_dict(obj), {}
+    if any(k.startswith("encoder.vit.") for k in obj):
+        return obj, {}
+    raise SemisegError(f"{path} holds no model weights this toolkit knows (keys: {', '.join(list(obj)[:4])})")
+
+
+def load_model(path: str | os.PathLike, task: str | None = None, which: str = "auto") -> Segmentor:
+    """Load any checkpoint the toolkit knows and return a ready (eval-mode, CPU) model.
+
+    `task` (a task name such as `segmentation` or `change_detection`) is checked against the checkpoint when
+    it records one, and inferred from the weights otherwise (official checkpoints do not record it; see
+    `semiseg.task.infer_task`). `which` picks `ema` (the teacher) or `model` (the student) when the file holds
+    both; `auto` takes the one that scored best in our checkpoints, and the EMA in official ones.
+    The returned model carries `model.meta`: task, nclass, encoder, patch size, mean, std, classes, source hash;
+    `model.mean` / `model.std` are the normalisation it was trained with.
+    """
+    path = Path(path)
+    state, meta = _weights_and_meta(path, which)
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SemisegError(f"{path}: the weights entry is not a tensor dict")
+    spec, nclass = infer_architecture(state)
+    recorded = meta.get("task")
+    if task is not None and recorded is not None and task != recorded:
+        raise SemisegError(f"{path} is a {recorded} checkpoint, but a {task} model was asked for")
+    resolved = get_task(task or recorded) if (task or recorded) else infer_task(nclass=nclass)
+    if resolved.nclass is not None and nclass != resolved.nclass:
+        raise SemisegError(
+            f"{path} predicts {nclass} classes, but {resolved.title} models predict {resolved.nclass}"
+        )
+    model = Segmentor(spec, nclass, resolved.fusion)
+    _load_weights(model, state, str(path))
+    model.mean = tuple(float(v) for v in meta.get("mean", spec.mean))
+    model.std = tuple(float(v) for v in meta.get("std", spec.std))
+    meta.update(
+        task=resolved.name,
+        nclass=nclass,
+        encoder=spec.name,
+        patch_size=spec.patch_size,
+        mean=list(model.mean),
+        std=list(model.std),
+        source_sha256=file_sha256(path),
+    )
+    meta.setdefault("classes", list(resolved.classes or [str(i) for i in range(nclass)]))
+    model.meta = meta
+    return model.eval()
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def export_model(model: Segmentor, out: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+    """Write `<out>.safetensors` + `<out>.yaml` for release; both are published together, atomically."""
+    from safetensors.torch import save_file
+
+    out = Path(out).with_suffix(".safetensors")
+    if not out.parent.is_dir():
+        raise SemisegError(f"output folder does not exist: {out.parent}")
+    recorded = getattr(model, "meta", {}).get("task")
+    info = {
+        "task": recorded or infer_task(model.fusion, model.nclass).name,
+        "encoder": model.encoder_size,
+        "nclass": model.nclass,
+        "patch_size": model.patch_size,
+        "mean": list(model.mean),
+        "std": list(model.std),
+    }
+    info.update(meta or {})
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_paths(out, out.with_suffix(".yaml")) as (tmp_weights, tmp_yaml):
+        save_file(state, str(tmp_weights))
+        tmp_yaml.write_text(yaml.safe_dump(info, sort_keys=False))
+    return out

@@ -1,0 +1,139 @@
+"""Prediction with a loaded model, for every task: the predictor, folders of plain images, GeoTIFF scenes.
+
+A `ModelPredictor` wraps a model as `predictor(images uint8) -> probabilities`: normalisation (the model's own
+mean/std), the device and autocast live there, so the GeoTIFF pipeline (`semiseg.geo`) never sees a model.
+These are library functions; the `predict` commands are thin argument glue over them (`semiseg.cli`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semiseg.errors import SemisegError
+from semiseg.geo.writer import class_colormap
+from semiseg.inference import predict_logits
+from semiseg.io import read_rgb, save_png_atomic
+from semiseg.models.normalize import normalize
+from semiseg.models.segmentor import Segmentor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ModelPredictor:
+    """uint8 images (one tensor per date, B x C x h x w) -> softmax probabilities, on `device`, under optional
+    autocast. `patch_size` tells tile-and-predict which window sizes the model takes."""
+
+    def __init__(self, model: Segmentor, device: torch.device, amp: str = "none") -> None:
+        if amp == "fp16" and device.type != "cuda":
+            raise SemisegError("--amp fp16 needs a CUDA device")
+        self.model = model.to(device).eval()
+        self.device = device
+        self.dtype = AMP_DTYPES.get(amp)
+        self.patch_size = model.patch_size
+
+    @torch.inference_mode()
+    def __call__(self, images: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        m = self.model
+        x = tuple(normalize(im.to(self.device, non_blocking=True), m.mean, m.std) for im in images)
+        ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+        with ctx:
+            logits = m(*x)
+        return logits.float().softmax(1)
+
+
+def make_predictor(model: Segmentor, device: torch.device, amp: str = "none") -> ModelPredictor:
+    return ModelPredictor(model, device, amp)
+
+
+def _palette(nclass: int) -> list[int]:
+    """The class colours of our GeoTIFF maps, as a PNG palette."""
+    colours = class_colormap(nclass)
+    return [v for c in range(256) for v in colours.get(c, (0, 0, 0, 0))[:3]]
+
+
+def predict_folder(
+    model: Segmentor,
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    device: torch.device,
+    amp: str = "none",
+    tta: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Palette PNG class masks for every image under `src` (or `src` itself), written atomically to
+    `out/<relative path>.png`; returns a summary."""
+    src, out = Path(src), Path(out)
+    if not src.exists():
+        raise SemisegError(f"input not found: {src}")
+    files = (
+        [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    )
+    if not files:
+        raise SemisegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {src}")
+    out.mkdir(parents=True, exist_ok=True)
+    predictor = make_predictor(model, device, amp)
+    palette = _palette(model.nclass)
+
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    for path in tqdm(files, disable=not show, desc="images"):
+        x = torch.from_numpy(read_rgb(path)).permute(2, 0, 1)[None]
+        logits = predict_logits(lambda *ims: predictor(ims).log(), (x,), mode="original", flip_tta=tta,
+                                patch_size=predictor.patch_size)  # fmt: skip
+        mask = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        rel = path.relative_to(src).with_suffix(".png") if src.is_dir() else Path(path.stem + ".png")
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        save_png_atomic(out / rel, mask, palette=palette)
+    return {"images": len(files), "out": str(out)}
+
+
+def predict_scene(
+    model: Segmentor,
+    rasters: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    device: torch.device,
+    amp: str = "none",
+    align: str = "error",
+    bands: Sequence[int] | None = None,
+    nodata: float | None = None,
+    tags: Mapping[str, object] | None = None,
+    progress: bool | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Tile-and-predict a scene (one raster per date, in the model's date order) into a georeferenced class map.
+
+    `options` go to `semiseg.geo.predict.predict_raster` (window, overlap, batch_size, num_workers, probs_path,
+    polygons_path, threshold, tta, min_area_m2). `bands` (1-based) default to the first as many as the encoder
+    takes. The rasters are checked before any compute; nodata also shapes the percentile stretch of non-uint8
+    inputs, so it goes to the scene, not only to the writer.
+    """
+    from semiseg.geo.pair import open_scene
+    from semiseg.geo.predict import predict_raster
+
+    if len(rasters) != model.num_images:
+        raise SemisegError(f"this model takes {model.num_images} raster(s) per scene, got {len(rasters)}")
+    for path in rasters:
+        if not Path(path).exists():
+            raise SemisegError(f"input raster not found: {path}")
+    bands = list(bands) if bands else list(range(1, model.spec.bands + 1))
+    scene = open_scene(list(rasters), align=align, bands=bands, nodata=nodata)
+    return predict_raster(
+        scene,
+        make_predictor(model, device, amp),
+        out,
+        progress=sys.stderr.isatty() if progress is None else progress,
+        tags=tags,
+        num_classes=model.nclass,
+        **options,
+    )

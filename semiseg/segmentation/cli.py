@@ -1,0 +1,93 @@
+"""`semiseg`: train, evaluate, predict and make splits for semi-supervised semantic segmentation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from semiseg.cli import (
+    add_command,
+    add_scene_options,
+    make_parser,
+    predict_scene_command,
+    record_command,
+    run_cli,
+)
+from semiseg.errors import SemisegError
+from semiseg.segmentation.benchmarks import SEGMENTATION_DATASETS
+from semiseg.segmentation.task import TASK
+
+
+def cmd_splits(args: argparse.Namespace) -> int:
+    from semiseg.segmentation.layouts import (
+        list_training_images,
+        list_val_images,
+        make_splits,
+        parse_labeled_amount,
+    )
+
+    items = list_training_images(args.dataset, args.root)
+    val = list_val_images(args.dataset, args.root) if not args.no_val else []
+    files = make_splits(items, parse_labeled_amount(args.labeled), args.seed, Path(args.out), val)
+    n = sum(1 for line in open(files.labeled) if line.strip())
+    print(f"wrote {files.labeled} ({n} labeled of {len(items)}), {files.unlabeled}, {files.val}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    if args.image:
+        return predict_scene_command(args, TASK, [args.image])
+    if not args.input:
+        raise SemisegError("give --image scene.tif (GeoTIFF) or --input folder/ (plain images)")
+    from semiseg.devices import pick_device
+    from semiseg.models.checkpoints import load_model
+    from semiseg.predict import predict_folder
+
+    model = load_model(args.checkpoint, task=TASK.name, which=args.which)
+    summary = predict_folder(
+        model, args.input, args.out, device=pick_device(args.device), amp=args.amp, tta=args.tta
+    )
+    record_command(Path(args.out) / "predict.yaml", args, summary)
+    print(json.dumps(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser, sub = make_parser(
+        TASK, "Semi-supervised semantic segmentation (UniMatch V2, FixMatch, supervised)."
+    )
+
+    p = add_command(
+        sub, "predict", cmd_predict, "class masks for a folder of images, or a class map for a GeoTIFF scene"
+    )
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--input", help="folder (or single file) of images; writes <out>/<name>.png palette masks")
+    p.add_argument("--image", help="a GeoTIFF scene; writes a georeferenced class map to --out")
+    p.add_argument("--out", required=True, help="mask folder (--input) or class-map GeoTIFF (--image)")
+    add_scene_options(p)
+
+    p = add_command(sub, "splits", cmd_splits, "write seeded labeled/unlabeled/val lists for a dataset")
+    p.add_argument(
+        "--dataset", required=True, choices=list(SEGMENTATION_DATASETS), help="the layout under --root"
+    )
+    p.add_argument("--root", required=True, help="the dataset root")
+    p.add_argument(
+        "--labeled", required=True, help="a count (92), a fraction (1/16, 0.25) or a percentage (5%%)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the shuffle (the same seed gives nested splits)"
+    )
+    p.add_argument("--out", required=True, help="folder for labeled.txt, unlabeled.txt, val.txt")
+    p.add_argument("--no-val", action="store_true", help="do not list the val set")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""The segmentation task as the engine sees it (no torch here: configs and `--help` read it for free)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from semiseg.segmentation.benchmarks import SEGMENTATION_DATASETS, SegmentationDatasetInfo
+from semiseg.task import DatasetSpec, Task
+
+if TYPE_CHECKING:
+    from semiseg.config import Config
+    from semiseg.data.build import DataBundle, DataRequest
+
+# `data.*` keys the segmentation datasets read beyond the common ones.
+KEYS = frozenset({"root", "split", "unlabeled_root", "unlabeled_list", "val_list", "ignore_mask_values"})
+
+
+def _build(cfg: Config, request: DataRequest) -> DataBundle:
+    from semiseg.segmentation.datasets import build_segmentation
+
+    return build_segmentation(cfg, request)
+
+
+def _scores(cm: Any) -> dict:
+    from semiseg.metrics import segmentation_scores
+
+    return segmentation_scores(cm)
+
+
+def _dataset(info: SegmentationDatasetInfo) -> DatasetSpec:
+    facts = {"nclass": info.nclass, "nsample": info.supervised_nsample}
+    return DatasetSpec(_build, KEYS, {"data": {k: v for k, v in facts.items() if v}}, info.layout)
+
+
+TASK = Task(
+    name="segmentation",
+    title="segmentation",
+    command="semiseg",
+    num_images=1,
+    fusion="identity",
+    primary_metric="miou",
+    scores=_scores,
+    datasets={name: _dataset(info) for name, info in SEGMENTATION_DATASETS.items()},
+    defaults={"data": {"dataset": "pascal"}, "method": {"grayscale_p": 0.2}},
+)

@@ -1,0 +1,251 @@
+"""The training loop shared by every method and every task.
+
+Read `_fit` top to bottom: build everything (or resume), then for each epoch: steps (`TrainStep`), evaluation,
+epoch hooks, checkpoints. Methods only compute a loss; datasets only return samples; `TrainStep` owns the update;
+this file owns the schedule. Values are read back from the accelerator only at log points.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from semiseg.config import Config, dump_config
+from semiseg.data.build import DataBundle, build
+from semiseg.errors import SemisegError
+from semiseg.inference import evaluate
+from semiseg.methods.base import Batch
+from semiseg.task import Task, get_task
+from semiseg.train.distributed import DistInfo, cleanup, init_distributed
+from semiseg.train.run_log import RunLog
+from semiseg.train.sampler import EpochSampler, ShardSampler
+from semiseg.train.state import (
+    TrainState,
+    check_resume_compatible,
+    checkpoint_payload,
+    gather_rng,
+    load_checkpoint,
+    restore,
+    save_atomic,
+    seed_all,
+)
+from semiseg.train.step import NonFiniteLossError, TrainStep, format_logs
+
+
+def train(cfg: Config, out: str | Path, progress: bool | None = None) -> dict[str, Any]:
+    """Train (or resume, when `out/latest.pt` exists) and return the final state and best metrics."""
+    info, device = init_distributed(cfg.train.device)
+    try:
+        return _fit(cfg, Path(out), info, device, progress)
+    finally:
+        cleanup(info)
+
+
+class TrainLoaders:
+    """The labeled and unlabeled streams: one deterministic, resumable sampler each, loaders made per epoch.
+
+    The labeled list is repeated to the unlabeled length by the dataset (official rule), so one epoch is one
+    pass over the unlabeled set; supervised runs take twice the batch from the labeled set alone.
+    """
+
+    def __init__(self, data: DataBundle, cfg: Config, info: DistInfo, device: torch.device) -> None:
+        self.data, self.cfg, self.device = data, cfg, device
+        bs = cfg.data.batch_size
+        self.batch_u = bs
+        self.batch_l = bs if data.unlabeled is not None else bs * 2
+        self.sampler_l = EpochSampler(len(data.labeled), cfg.train.seed, info.rank, info.world_size)
+        self.sampler_u = None
+        if data.unlabeled is not None:
+            self.sampler_u = EpochSampler(len(data.unlabeled), cfg.train.seed + 1, info.rank, info.world_size)
+        self.iters_per_epoch = (
+            len(self.sampler_u) // bs if self.sampler_u else len(self.sampler_l) // self.batch_l
+        )
+        if self.iters_per_epoch < 1:
+            raise SemisegError(
+                f"fewer training samples per process than one batch ({self.batch_l}): lower data.batch_size or add data"
+            )
+
+    def _loader(self, ds: Any, batch_size: int, sampler: Any, workers: int, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=self.device.type == "cuda",
+            drop_last=drop_last,
+            persistent_workers=False,  # workers must pick up the dataset's per-epoch seed
+        )  # fmt: skip
+
+    def epoch(self, epoch: int, start: int) -> Iterator[tuple[Batch, Batch | None]]:
+        """Batches `start`, `start + 1`, ... of epoch `epoch` (earlier ones are skipped without being loaded)."""
+        streams = [(self.sampler_l, self.data.labeled, self.batch_l)]
+        if self.sampler_u is not None:
+            streams.append((self.sampler_u, self.data.unlabeled, self.batch_u))
+        loaders = []
+        for sampler, ds, b in streams:
+            sampler.set_epoch(epoch, start * b)
+            ds.set_epoch(epoch)
+            loaders.append(iter(self._loader(ds, b, sampler, self.cfg.data.workers, True)))
+        for _ in range(start, self.iters_per_epoch):
+            batches = [Batch.from_loader(next(it), self.device) for it in loaders]
+            yield batches[0], (batches[1] if len(batches) > 1 else None)
+
+    def val_loader(self, info: DistInfo) -> DataLoader:
+        sampler = ShardSampler(len(self.data.val), info.rank, info.world_size)
+        return self._loader(self.data.val, 1, sampler, min(self.cfg.data.workers, 2), False)
+
+
+def _fit(cfg: Config, out: Path, info: DistInfo, device: torch.device, progress: bool | None) -> dict:
+    task = get_task(cfg.task)
+    latest = out / "latest.pt"
+    ckpt = load_checkpoint(latest) if latest.exists() else None
+    if ckpt is not None:
+        check_resume_compatible(ckpt["config"], cfg, latest)
+    seed_all(cfg.train.seed * 1000 + info.rank)
+    data = build(cfg, "fit")  # bad data fails here, before anything is written to `out`
+    loaders = TrainLoaders(data, cfg, info, device)
+    out.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out, info.is_main)
+    if info.is_main:
+        dump_config(cfg, out / "config.yaml")
+    total_iters = loaders.iters_per_epoch * cfg.train.epochs
+    step = TrainStep.from_config(cfg, device, total_iters, info, pretrained=ckpt is None)
+    state = TrainState()
+    if ckpt is not None:
+        state = restore(ckpt, step, info)
+        log.info(f"resumed from {latest} at epoch {state.epoch}, iteration {state.iteration}")
+    log.info(
+        f"{task.name} | {cfg.method.name}{''.join('+' + e for e in cfg.method.extras)} | "
+        f"encoder {cfg.model.encoder} | {sum(p.numel() for p in step.model.parameters()) / 1e6:.1f}M params | "
+        f"{loaders.iters_per_epoch} iters/epoch x {cfg.train.epochs} epochs | {info.world_size} process(es) on {device}"
+    )
+
+    def save(path: Path) -> None:
+        rng = gather_rng(info)  # collective: every rank calls save()
+        if info.is_main:
+            save_atomic(checkpoint_payload(cfg, step, state, data.classes, rng), path)
+
+    val_loader = loaders.val_loader(info)
+    show_bar = info.is_main and (progress if progress is not None else sys.stderr.isatty())
+    stopped_early, logs = False, {}
+    for epoch in range(state.epoch, cfg.train.epochs):
+        start, t0 = state.batch_in_epoch, time.time()
+        bar = _progress(loaders.iters_per_epoch, start, epoch, cfg.train.epochs, show_bar)
+        step.model.train()
+        for b, (labeled, unlabeled) in enumerate(loaders.epoch(epoch, start), start=start):
+            try:
+                logs = step(labeled, unlabeled, state.iteration)
+            except NonFiniteLossError as err:
+                save(out / "nonfinite.pt")
+                raise SemisegError(
+                    f"{err} in epoch {epoch}: lower optim.lr or use train.amp=none; the last good state is in "
+                    f"{latest.name}"
+                ) from None
+            state.iteration += 1
+            state.batch_in_epoch = b + 1
+            if (
+                state.iteration % cfg.train.log_every == 0 or b == start
+            ):  # a log point: values leave the device
+                log.train_point(state.iteration, {k: float(v) for k, v in logs.items()})
+                if bar is not None:
+                    bar.set_postfix_str(format_logs(logs))
+            if bar is not None:
+                bar.update(1)
+            if cfg.train.max_iters is not None and state.iteration >= cfg.train.max_iters:
+                stopped_early = True
+                break
+        if bar is not None:
+            bar.close()
+        log.info(f"epoch {epoch + 1}/{cfg.train.epochs}: {format_logs(logs)} ({time.time() - t0:.1f}s)")
+        epoch_done = state.batch_in_epoch >= loaders.iters_per_epoch
+        if epoch_done:
+            state.epoch, state.batch_in_epoch = epoch + 1, 0
+        due = epoch_done and (state.epoch % cfg.train.eval_every == 0 or state.epoch == cfg.train.epochs)
+        scores, is_best = None, False
+        if due or stopped_early:  # a mid-epoch stop is scored too, so best.pt always exists
+            scores = _evaluate_all(cfg, task, step, val_loader, device)
+            is_best = _record(
+                task, log, state, scores, state.epoch + state.batch_in_epoch / loaders.iters_per_epoch
+            )
+        if epoch_done:
+            step.method.on_epoch_end(step.model, state.epoch, scores)
+        if scores is not None or stopped_early or state.epoch % cfg.train.save_every == 0:
+            save(latest)
+        if is_best:
+            save(out / "best.pt")
+        if stopped_early:
+            log.info(
+                f"stopped at train.max_iters={cfg.train.max_iters}; run again with the same --out to resume"
+            )
+            break
+    log.plot_curves(task.primary_metric)
+    log.close()
+    return {"state": state, "best": dict(state.best)}
+
+
+def _progress(total: int, start: int, epoch: int, epochs: int, show: bool):
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=start, desc=f"epoch {epoch + 1}/{epochs}", dynamic_ncols=True, leave=False
+    )
+
+
+def _evaluate_all(
+    cfg: Config, task: Task, step: TrainStep, loader: DataLoader, device: torch.device
+) -> dict[str, dict]:
+    """Scores of the student and/or EMA; runs on a forked RNG so evaluating never changes the training draws."""
+    wanted = {"student": step.model, "ema": step.ema.model if step.ema else None}
+    if cfg.eval.model != "both":
+        wanted = {k: v for k, v in wanted.items() if k == cfg.eval.model}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return {
+            name: evaluate(
+                net,
+                loader,
+                cfg.data.nclass,
+                task,
+                mode=cfg.eval.mode,
+                window=cfg.eval.window,
+                stride=cfg.eval.stride,
+                flip_tta=cfg.eval.flip_tta,
+                device=device,
+                autocast_dtype=torch.bfloat16 if cfg.train.amp == "bf16" else None,
+                progress=False,
+            )  # fmt: skip
+            for name, net in wanted.items()
+            if net is not None
+        }
+
+
+def _record(task: Task, log: RunLog, state: TrainState, scores: dict[str, dict], epoch: float) -> bool:
+    """Log one evaluation (log.txt, metrics.csv, TensorBoard) and update the best; True if this is a new best.
+
+    `epoch` is fractional after a mid-epoch stop (train.max_iters)."""
+    key = task.primary_metric
+    epoch = int(epoch) if float(epoch).is_integer() else round(epoch, 3)
+    row: dict[str, Any] = {"epoch": epoch, "iteration": state.iteration}
+    for source, s in scores.items():
+        numbers = {k: v for k, v in s.items() if isinstance(v, (int, float))}
+        row.update({f"{source}_{k}": round(float(v), 4) for k, v in numbers.items()})
+        log.scalars(f"eval_{source}", numbers, state.iteration)
+        if "iou_per_class" in s:
+            log.info(f"  {source} IoU per class: " + ", ".join(f"{v:.1f}" for v in s["iou_per_class"]))
+    log.metrics_row(row)
+    value, source = max((s[key], name) for name, s in scores.items())
+    is_best = value >= state.best.get("value", -math.inf)
+    if is_best:
+        state.best = {"value": value, "source": source, "epoch": epoch}
+    log.info(
+        f"eval epoch {epoch}: "
+        + ", ".join(f"{name} {key}={s[key]:.2f}" for name, s in scores.items())
+        + f" | best {state.best['value']:.2f} ({state.best['source']}, epoch {state.best['epoch']})"
+    )
+    for name, s in scores.items():
+        state.best[f"last_{name}"] = s[key]
+    return is_best

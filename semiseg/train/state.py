@@ -1,0 +1,149 @@
+"""What a run must remember to resume exactly: its position, its best scores, every RNG, and the checkpoint files.
+
+Checkpoints are written atomically (a crash mid-save never leaves a truncated `latest.pt` that looks complete)
+and hold only tensors and plain values, so they load with `torch.load(weights_only=True)`: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from semiseg.config import Config
+from semiseg.errors import SemisegError
+from semiseg.io import atomic_path
+from semiseg.models.checkpoints import CHECKPOINT_FORMAT
+from semiseg.train.distributed import DistInfo
+
+# Settings that change what the weights mean: a resumed run must agree on them.
+FIXED_ON_RESUME = ("task", "data.nclass", "model.encoder", "method.name")
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    iteration: int = 0  # optimiser steps done
+    batch_in_epoch: int = 0  # steps done inside the current epoch (non-zero after a max_iters stop)
+    # value/source/epoch of the best evaluation, and last_<model> (the latest score of each evaluated model)
+    best: dict[str, Any] = field(default_factory=dict)
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load one of our training checkpoints with `weights_only=True` (no pickled code runs)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise SemisegError(
+            f"cannot read checkpoint {path} ({type(err).__name__}); delete it to start over"
+        ) from None
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise SemisegError(f"{path} is not a semiseg training checkpoint")
+    return obj
+
+
+def _get(cfg_dict: dict, dotted: str) -> Any:
+    node: Any = cfg_dict
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def check_resume_compatible(saved: dict, cfg: Config, path: Path) -> None:
+    now = cfg.to_dict()
+    for key in FIXED_ON_RESUME:
+        if _get(saved, key) != _get(now, key):
+            raise SemisegError(
+                f"{path} was trained with {key}={_get(saved, key)!r} but the config says {_get(now, key)!r}: "
+                "use a new --out folder to start a different run"
+            )
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step draws from, as tensors and plain values (weights_only-loadable)."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.frombuffer(np.random.get_state()[1].tobytes(), dtype=np.uint8).copy()),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": repr(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    keys = np.frombuffer(state["numpy"].numpy().tobytes(), dtype=np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
+    random.setstate(ast.literal_eval(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng(info: DistInfo) -> list[dict]:
+    """Every rank's RNG state (each rank draws its own augmentations), for an exact resume. Collective."""
+    if not info.enabled:
+        return [rng_state()]
+    gathered: list = [None] * info.world_size
+    torch.distributed.all_gather_object(gathered, rng_state())
+    return gathered
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def checkpoint_payload(
+    cfg: Config, step: Any, state: TrainState, classes: list[str], rng: list[dict]
+) -> dict[str, Any]:
+    """Everything a resume needs (model, EMA, optimiser, scaler, method state, position, RNGs, config) and what a
+    user of the weights needs (`meta`: task, encoder, classes, normalisation, which model scored best)."""
+    model = step.model
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "ema": step.ema.state_dict() if step.ema is not None else None,
+        "optimizer": step.optimizer.state_dict(),
+        "scaler": step.scaler.state_dict() if step.scaler.is_enabled() else None,
+        "method": step.method.state_dict(),
+        "state": dataclasses.asdict(state),
+        "rng": rng,
+        "config": cfg.to_dict(),
+        "meta": {
+            "task": cfg.task,
+            "encoder": cfg.model.encoder,
+            "nclass": cfg.data.nclass,
+            "classes": list(classes),
+            "patch_size": model.patch_size,
+            "mean": list(model.mean),
+            "std": list(model.std),
+            "best_source": state.best.get("source"),
+        },
+    }
+
+
+def restore(ckpt: dict[str, Any], step: Any, info: DistInfo) -> TrainState:
+    """Put a checkpoint's weights, optimiser, method state and this rank's RNGs back; return its position."""
+    step.model.load_state_dict(ckpt["model"])
+    if step.ema is not None and ckpt.get("ema") is not None:
+        step.ema.load_state_dict(ckpt["ema"])
+    step.optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scaler"):
+        step.scaler.load_state_dict(ckpt["scaler"])
+    step.method.load_state_dict(ckpt.get("method") or {})
+    set_rng_state(ckpt["rng"][info.rank] if info.rank < len(ckpt["rng"]) else ckpt["rng"][0])
+    return TrainState(**ckpt["state"])

@@ -1,0 +1,134 @@
+"""One optimiser step of any method on any task: the only place in the toolkit that calls `backward()`.
+
+The trainer loop, `tools/bench_train_step.py` and external parity checks all drive this same object, so what is
+measured and checked is what trains.
+
+    step = TrainStep.from_config(cfg, device, total_iters)
+    logs = step(labeled, unlabeled, iteration)
+
+`labeled` and `unlabeled` are `semiseg.methods.base.Batch` objects on the device (`Batch.from_loader(sample,
+device)`; uint8 images, one tensor per date); `unlabeled` is None for supervised training. `iteration` is the
+0-based index of this optimiser step in the whole run; it sets the learning rate, the EMA ratio and schedules
+such as PrevMatch's λ. The returned logs are tensors (plus the learning rate) so that no value is read back from
+the accelerator here: the caller reads them only when it logs.
+
+The order is the official UniMatch V2 one, and the parity checks rely on it:
+1. learning rates for `iteration`: poly(iteration - 1) (the official loop updates the rate after each step, so
+   step `it` runs with the rate computed at `it - 1`, and step 0 with the base rate), encoder × 1, rest × lr_multi;
+2. the method's step under autocast: teacher pseudo-labels on the weak view, strong views (photometric noise,
+   CutMix), student forwards of the labeled batch, then of the stacked strong views (with complementary
+   dropout), losses;
+3. a non-finite loss on any process stops every process before anything is updated (one host sync);
+4. zero the gradients, backward (scaled for fp16), optional clipping, optimiser step;
+5. the EMA update with α = min(1 − 1/(iteration + 1), ema_decay).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from semiseg.config import Config
+from semiseg.errors import SemisegError
+from semiseg.methods.base import Batch, Method, Models
+from semiseg.methods.registry import build_method
+from semiseg.models.segmentor import Segmentor, build_model
+from semiseg.models.specs import encoder_spec
+from semiseg.task import get_task
+from semiseg.train.distributed import DistInfo, broadcast_flag
+from semiseg.train.ema import EMA
+from semiseg.train.optim import build_optimizer, lr_for_step, set_lr
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(SemisegError):
+    """The loss of a step was NaN or infinite (on some process); nothing was updated."""
+
+    def __init__(self, iteration: int, logs: dict[str, Any]) -> None:
+        self.iteration, self.logs = iteration, logs
+        super().__init__(f"the loss became non-finite at iteration {iteration} ({format_logs(logs)})")
+
+
+def format_logs(logs: dict[str, Any]) -> str:
+    """`key=value ...` with 3 significant digits. Reads tensors back from the device: call at log points only."""
+    return " ".join(f"{k}={float(v):.3g}" for k, v in logs.items())
+
+
+class TrainStep:
+    """Holds what one step touches (model, EMA, method, optimiser, scaler) and runs steps; see the module doc."""
+
+    def __init__(
+        self,
+        model: Segmentor,
+        method: Method,
+        optimizer: torch.optim.Optimizer,
+        cfg: Config,
+        total_iters: int,
+        device: torch.device,
+        ema: EMA | None = None,
+        dist: DistInfo | None = None,
+    ) -> None:
+        self.model, self.method, self.optimizer, self.ema = model, method, optimizer, ema
+        self.cfg, self.total_iters, self.device = cfg, total_iters, device
+        self.dist = dist or DistInfo()
+        if cfg.train.amp == "fp16" and device.type != "cuda":
+            raise SemisegError("train.amp=fp16 needs a CUDA device; use bf16 or none on CPU")
+        self.amp_dtype = AMP_DTYPES.get(cfg.train.amp)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+        student: nn.Module = model
+        if self.dist.enabled:
+            student = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+            )
+        teacher = ema.model if ema is not None and cfg.method.teacher == "ema" else model
+        self.models = Models(student=student, teacher=teacher, raw_student=model)
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Config,
+        device: torch.device,
+        total_iters: int,
+        dist: DistInfo | None = None,
+        pretrained: bool = True,
+    ) -> TrainStep:
+        """Build the model, method, EMA and optimiser of a run; the encoder starts from `cfg.model.weights` unless
+        `pretrained` is False (a resume, whose checkpoint replaces every weight anyway). The method is built
+        before the model, so the model's random initialisation draws from the seeded generator in the same order
+        in every run."""
+        spec = encoder_spec(cfg.model.encoder)
+        method = build_method(cfg, spec.mean, spec.std)
+        fusion = get_task(cfg.task).fusion
+        weights = cfg.model.weights if pretrained else None
+        model = build_model(cfg.model.encoder, cfg.data.nclass, fusion, weights).to(device)
+        ema = EMA(model, cfg.method.ema_decay) if method.uses_ema else None
+        return cls(model, method, build_optimizer(model, cfg.optim), cfg, total_iters, device, ema, dist)
+
+    def _autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def __call__(self, labeled: Batch, unlabeled: Batch | None, iteration: int) -> dict[str, Any]:
+        cfg = self.cfg
+        set_lr(self.optimizer, lr_for_step(cfg.optim, iteration, self.total_iters), cfg.optim.lr_multi)
+        self.method.set_progress(iteration, self.total_iters)
+        with self._autocast():
+            result = self.method.step(self.models, labeled, unlabeled)
+        # One host sync per step, on purpose: a bad update must never reach the weights.
+        if broadcast_flag(not torch.isfinite(result.loss).item(), self.dist, self.device):
+            raise NonFiniteLossError(iteration, {"loss": result.loss.detach(), **result.logs})
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(result.loss).backward()
+        if cfg.train.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model, iteration)
+        return {"loss": result.loss.detach(), **result.logs, "lr": self.optimizer.param_groups[0]["lr"]}
