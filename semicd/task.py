@@ -1,34 +1,28 @@
 """The change-detection task as the engine sees it (no torch here: configs and `--help` read it for free).
 
-Its defaults are the official UniMatch V2 remote-sensing recipe, so a change-detection config only says what
-differs: crop 252, batch 8, both sides rescaled by U(0.8, 1.2), no grayscale in the strong views (colour is
-what changes), pseudo-labels from the online student, evaluation on the test list.
+Its defaults are the official UniMatch V2 remote-sensing recipe (`semicd.recipe`), so a change-detection config
+only says what differs from it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from semicd import recipe
 from semiseg.task import DatasetSpec, Task
-
-if TYPE_CHECKING:
-    from semiseg.config import Config
-    from semiseg.data.build import DataBundle, DataRequest
-
-CHANGE_CLASSES = ("unchanged", "changed")
 
 # `data.*` keys each kind of change-detection data reads beyond the common ones.
 TILE_KEYS = frozenset({"root", "split", "unlabeled_root", "unlabeled_list", "val_list"})
 SCENE_KEYS = frozenset({"before", "after", "label", "window", "bands", "min_valid", "areas", "fractions"})
 
 
-def _tiles(cfg: Config, request: DataRequest) -> DataBundle:
+def _tiles(cfg: Any, request: Any) -> Any:
     from semicd.data.build import build_change_tiles
 
     return build_change_tiles(cfg, request)
 
 
-def _scene(cfg: Config, request: DataRequest) -> DataBundle:
+def _scene(cfg: Any, request: Any) -> Any:
     from semicd.data.build import build_scene_pair
 
     return build_scene_pair(cfg, request)
@@ -40,8 +34,8 @@ def _scores(cm: Any) -> dict:
     return change_scores(cm)
 
 
-def _tile_dataset(summary: str, nsample: int | None = 3000) -> DatasetSpec:
-    data: dict[str, Any] = {"val_list": "test"}  # the official protocol evaluates on the test list
+def _tile_dataset(summary: str, nsample: int | None = recipe.SUPERVISED_NSAMPLE) -> DatasetSpec:
+    data: dict[str, Any] = {"val_list": recipe.EVAL_LIST}
     if nsample:
         data["nsample"] = nsample
     return DatasetSpec(_tiles, TILE_KEYS, {"data": data}, summary)
@@ -55,8 +49,8 @@ TASK = Task(
     fusion="absdiff",
     primary_metric="iou",
     scores=_scores,
-    nclass=2,
-    classes=CHANGE_CLASSES,
+    nclass=len(recipe.CHANGE_CLASSES),
+    classes=recipe.CHANGE_CLASSES,
     datasets={
         "levir_cd": _tile_dataset("LEVIR-CD cut into 256 px tiles (`semicd prepare levir`): A/, B/, label/"),
         "whu_cd": _tile_dataset("WHU-CD cut into 256 px tiles (`semicd prepare whu`): A/, B/, label/"),

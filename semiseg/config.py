@@ -32,8 +32,8 @@ from typing import Any, Literal
 import yaml
 
 from semiseg.errors import SemisegError
-from semiseg.methods.registry import EXTRAS, METHODS
 from semiseg.models.specs import ENCODER_SPECS, encoder_spec
+from semiseg.registry import EXTRAS, METHODS
 from semiseg.task import DatasetSpec, Task, get_task
 
 

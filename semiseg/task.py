@@ -22,13 +22,9 @@ import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from semiseg.errors import SemisegError
-
-if TYPE_CHECKING:
-    from semiseg.config import Config
-    from semiseg.data.build import DataBundle, DataRequest
 
 ENTRY_POINT_GROUP = "semiseg.tasks"
 
@@ -37,14 +33,15 @@ ENTRY_POINT_GROUP = "semiseg.tasks"
 class DatasetSpec:
     """One dataset a task can train on.
 
-    `build(cfg, request)` returns the run's datasets (`semiseg.data.build.DataBundle`) for what `request`
-    asks (the evaluation list only, or everything training needs). `keys` are the `data.*` options this
+    `build(cfg, request)` takes a `semiseg.config.Config` and a `semiseg.data.build.DataRequest` and returns the
+    run's datasets as a `semiseg.data.build.DataBundle`, for what the request asks (the evaluation list only, or
+    everything training needs). (This module names those types in words only: it sits below both modules.) `keys` are the `data.*` options this
     dataset reads on top of the ones every dataset reads (`semiseg.config.COMMON_DATA_KEYS`): any other
     `data.*` option a user sets is refused rather than ignored. `defaults` are nested config values the
     dataset implies (e.g. its class count), applied over the task's defaults and under the user's values.
     """
 
-    build: Callable[[Config, DataRequest], DataBundle]
+    build: Callable[[Any, Any], Any]
     keys: frozenset[str] = frozenset()
     defaults: Mapping[str, Any] = field(default_factory=dict)
     summary: str = ""

@@ -24,10 +24,10 @@ from semiseg.methods.prevmatch import (
     ensemble_logits,
     triangle_weight,
 )
-from semiseg.methods.registry import build_method
 from semiseg.models.normalize import normalize
 from semiseg.models.segmentor import build_model
 from semiseg.models.specs import IMAGENET_MEAN, IMAGENET_STD
+from semiseg.registry import build_method
 from semiseg.task import get_task
 from semiseg.train.loop import train
 

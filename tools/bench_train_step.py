@@ -47,8 +47,8 @@ from bench_model import (  # noqa: E402  (tools/ is not a package: import the si
     run_workers,
 )
 
-from semiseg.methods.registry import METHODS  # noqa: E402
 from semiseg.models.specs import ENCODER_SPECS, encoder_spec  # noqa: E402
+from semiseg.registry import METHODS  # noqa: E402
 from semiseg.task import get_task, tasks  # noqa: E402
 
 # The official DPT constructor takes the head widths: ours are the same, per released encoder size.

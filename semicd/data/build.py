@@ -9,7 +9,7 @@ from pathlib import Path
 
 from semicd.data.geotiff_pair import build_geotiff_pair_datasets
 from semicd.data.tiles import build_change_tile_datasets
-from semicd.task import CHANGE_CLASSES
+from semicd.recipe import CHANGE_CLASSES
 from semiseg.config import Config
 from semiseg.data.build import DataBundle, DataRequest, require_root
 from semiseg.data.geometry import geometry_from_config

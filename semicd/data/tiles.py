@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from semicd.task import TASK
+from semicd import recipe
 from semiseg.data.geometry import GeometryConfig
 from semiseg.data.lists import find_list, read_name_list
 from semiseg.data.sample import CropDataset, Raw
@@ -32,14 +32,10 @@ FOLDERS = ("A", "B", "label")
 
 
 def cd_geometry(crop_size: int | None = None, vflip: float = 0.0, rot90: bool = False) -> GeometryConfig:
-    """The official change-detection geometry (the task's defaults: both sides scaled by U(0.8, 1.2), crop 252,
-    hflip 0.5), optionally at another crop size and with our extra flips."""
-    data = TASK.defaults["data"]
+    """The official change-detection geometry (both sides scaled by U(0.8, 1.2), crop 252, hflip 0.5; see
+    `semicd.recipe`), optionally at another crop size and with our extra flips."""
     return GeometryConfig(
-        crop_size=crop_size or data["crop_size"],
-        ratio_range=tuple(data["ratio_range"]),
-        vflip=vflip,
-        rot90=rot90,
+        crop_size=crop_size or recipe.CROP_SIZE, ratio_range=recipe.RATIO_RANGE, vflip=vflip, rot90=rot90
     )
 
 

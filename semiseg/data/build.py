@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from semiseg.config import Config
 from semiseg.errors import SemisegError
-from semiseg.methods.registry import METHODS
+from semiseg.registry import METHODS
 from semiseg.task import get_task
 
 Stage = Literal["fit", "eval"]

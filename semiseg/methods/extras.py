@@ -5,7 +5,7 @@ CutMix boxes and mixed targets, the student's predictions) and returns one more 
 The method combines them as (Lx + Lu + Σ λ_i·L_i) / (2 + Σ λ_i), which is PrevMatch's published form and reduces
 to the base loss when every λ is 0.
 
-Extras are listed by name in `semiseg.methods.registry.EXTRAS`; `semiseg.methods.build_method` instantiates the
+Extras are listed by name in `semiseg.registry.EXTRAS`; `semiseg.registry.build_method` instantiates the
 configured ones and the method binds them to itself.
 """
 

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from semiseg.segmentation.benchmarks import SEGMENTATION_DATASETS, SegmentationDatasetInfo
 from semiseg.task import DatasetSpec, Task
-
-if TYPE_CHECKING:
-    from semiseg.config import Config
-    from semiseg.data.build import DataBundle, DataRequest
 
 # `data.*` keys the segmentation datasets read beyond the common ones.
 KEYS = frozenset({"root", "split", "unlabeled_root", "unlabeled_list", "val_list", "ignore_mask_values"})
 
 
-def _build(cfg: Config, request: DataRequest) -> DataBundle:
+def _build(cfg: Any, request: Any) -> Any:
     from semiseg.segmentation.datasets import build_segmentation
 
     return build_segmentation(cfg, request)

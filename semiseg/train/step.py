@@ -34,9 +34,9 @@ from torch import nn
 from semiseg.config import Config
 from semiseg.errors import SemisegError
 from semiseg.methods.base import Batch, Method, Models
-from semiseg.methods.registry import build_method
 from semiseg.models.segmentor import Segmentor, build_model
 from semiseg.models.specs import encoder_spec
+from semiseg.registry import build_method
 from semiseg.task import get_task
 from semiseg.train.distributed import DistInfo, broadcast_flag
 from semiseg.train.ema import EMA
