@@ -34,7 +34,7 @@ import yaml
 from semiseg.errors import SemisegError
 from semiseg.models.specs import ENCODER_SPECS, encoder_spec
 from semiseg.registry import EXTRAS, METHODS
-from semiseg.task import DatasetSpec, Task, get_task
+from semiseg.task import DatasetSpec, Task, get_task, tasks
 
 
 def _opt(default: Any, doc: str) -> Any:
@@ -400,16 +400,20 @@ def _check_data_keys(raw: dict[str, Any], dataset: str, spec: DatasetSpec, task:
     }  # unknown keys get their own error from the schema
     given = {k for k, v in (raw.get("data") or {}).items() if v is not None and k in known}
     stray = sorted(given - COMMON_DATA_KEYS - spec.keys)
-    if stray:
-        readers = [n for n, s in task.datasets.items() if stray[0] in s.keys]
-        where = (
-            f"it is read by data.dataset={' / '.join(readers)}"
-            if readers
-            else f"no {task.title} dataset reads it"
-        )
-        raise SemisegError(
-            f"data.{stray[0]} does not apply to data.dataset={dataset} ({where}); remove it or set it to null"
-        )
+    if not stray:
+        return
+    key = stray[0]
+    readers = [(t, n) for t in tasks().values() for n, s in t.datasets.items() if key in s.keys]
+    here = [n for t, n in readers if t is task]
+    if here:
+        where = f"it is read by data.dataset={' / '.join(here)}"
+    elif readers:
+        where = f"it is read by {readers[0][0].title} datasets ({', '.join(n for _, n in readers)}: use `{readers[0][0].command}`)"
+    else:
+        where = "no dataset reads it"
+    raise SemisegError(
+        f"data.{key} does not apply to data.dataset={dataset} ({where}); remove it or set it to null"
+    )
 
 
 def _check_ranges(cfg: Config) -> None:
@@ -608,9 +612,16 @@ def _show(value: Any) -> str:
     )
 
 
-def config_reference(tasks: typing.Sequence[Task]) -> str:
-    """Markdown tables of every key: default (and where a task or dataset changes it), meaning, who reads it."""
-    lines: list[str] = []
+def config_reference(known_tasks: typing.Sequence[Task]) -> str:
+    """Markdown reference of every task's datasets, every method, and every key: its default (and where a task or
+    dataset changes it), its meaning, and which datasets read it."""
+    lines = ["### Tasks and their datasets", "", "| task | `data.dataset` | what |", "|---|---|---|"]
+    for task in known_tasks:
+        for name, spec in task.datasets.items():
+            lines.append(f"| `{task.name}` ({task.command}) | `{name}` | {spec.summary} |")
+    lines += ["", "### Methods", "", "| `method.name` | what |", "|---|---|"]
+    lines += [f"| `{name}` | {info.summary} |" for name, info in METHODS.items()]
+    lines += ["", f"Extras (`method.extras`): {', '.join(f'`{e}`' for e in EXTRAS)}."]
     for prefix, cls in _SECTIONS:
         lines += ["", f"### `{prefix or 'top level'}`", "", "| key | default | meaning |", "|---|---|---|"]
         hints = typing.get_type_hints(cls)
@@ -620,7 +631,7 @@ def config_reference(tasks: typing.Sequence[Task]) -> str:
             dotted = f"{prefix}.{f.name}" if prefix else f.name
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             shown = [_show(default)]
-            for task in tasks:
+            for task in known_tasks:
                 value = _lookup(dict(task.defaults), dotted)
                 if value is not _MISSING and value != _to_plain(default):
                     shown.append(f"{task.title}: {_show(value)}")
@@ -630,7 +641,7 @@ def config_reference(tasks: typing.Sequence[Task]) -> str:
                         shown.append(f"{name}: {_show(value)}")
             doc = f.metadata["doc"]
             if prefix == "data" and f.name not in COMMON_DATA_KEYS:
-                readers = [n for t in tasks for n, s in t.datasets.items() if f.name in s.keys]
-                doc += f" — read by {', '.join(f'`{r}`' for r in readers)}"
+                readers = [n for t in known_tasks for n, s in t.datasets.items() if f.name in s.keys]
+                doc += f" (read by {', '.join(f'`{r}`' for r in readers)})"
             lines.append(f"| `{f.name}` | {'; '.join(shown)} | {doc} |")
-    return "\n".join(lines).lstrip("\n") + "\n"
+    return "\n".join(lines) + "\n"

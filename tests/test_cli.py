@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import yaml
 from conftest import SHARED_DATA
 from fakes import make_change_tiles, make_segmentation_benchmark
 from rasterio.transform import from_origin
@@ -317,3 +318,23 @@ def test_real_levir_tiles_smoke_run_reports_all_metrics(tmp_path, capsys):
     scores = json.loads(capsys.readouterr().out)
     assert {"iou", "f1", "precision", "recall", "oa", "kappa"} <= set(scores)
     assert scores["images"] >= 1 and 0 <= scores["oa"] <= 100
+
+
+def test_print_config_shows_the_resolved_config_and_each_command_keeps_to_its_task(capsys):
+    assert semicd_main(["train", "--config", str(REPO / "configs/whu_cd.yaml"), "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["task"] == "change_detection" and printed["data"]["dataset"] == "whu_cd"
+    assert printed["data"]["ratio_range"] == [0.8, 1.2] and printed["method"]["teacher"] == "student"
+    assert semiseg_main(["train", "--config", str(REPO / "configs/levir_cd.yaml"), "--print-config"]) == 2
+    assert "use `semicd` for it" in capsys.readouterr().err
+    assert semiseg_main(["train", "--config", str(REPO / "configs/pascal.yaml")]) == 2
+    assert "--out is required" in capsys.readouterr().err
+
+
+def test_help_states_every_default():
+    proc = run(["semicd", "predict", "--help"])
+    assert (
+        "(default: 504)" in proc.stdout
+        and "(default: 0.25)" in proc.stdout
+        and "(default: auto)" in proc.stdout
+    )

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+import typing
 from pathlib import Path
 
 import pytest
 
-from semiseg.config import load_config
+from semiseg.config import DataConfig, MethodConfig, TrainConfig, load_config
+from semiseg.data.geometry import geometry_from_config
 from semiseg.errors import SemisegError
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -63,3 +68,99 @@ def test_missing_and_malformed_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("data: [unclosed")
     with pytest.raises(SemisegError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+# ---------------------------------------------------------------- task and dataset defaults
+def test_a_change_detection_config_without_ratio_range_gets_the_change_detection_default():
+    cfg = load_config(None, ["task=change_detection"])
+    assert cfg.data.ratio_range == (0.8, 1.2) and geometry_from_config(cfg).ratio_range == (0.8, 1.2)
+    assert (cfg.data.crop_size, cfg.data.batch_size, cfg.data.nclass) == (252, 8, 2)
+    assert (cfg.method.teacher, cfg.method.grayscale_p, cfg.data.val_list) == ("student", 0.0, "test")
+    # segmentation keeps its own, and the user's values win over either
+    assert load_config(None, []).data.ratio_range == (0.5, 2.0)
+    assert load_config(None, ["task=change_detection", "data.ratio_range=[0.9,1.1]"]).data.ratio_range == (
+        0.9,
+        1.1,
+    )
+
+
+def test_dataset_defaults_fill_class_counts_and_a_null_means_the_default():
+    assert load_config(None, ["data.dataset=cityscapes"]).data.nclass == 19
+    assert load_config(None, ["data.dataset=coco"]).data.nsample == 30000
+    with pytest.raises(SemisegError, match="data.nclass is not set"):
+        load_config(None, ["data.dataset=folder"])
+    # an old resolved config wrote `grayscale_p: null` for "the task's default"
+    assert load_config(None, ["task=change_detection", "method.grayscale_p=null"]).method.grayscale_p == 0.0
+
+
+def test_vertical_flips_apply_to_segmentation():
+    cfg = load_config(None, ["data.vflip=1.0", "data.rot90=true"])
+    geometry = geometry_from_config(cfg)
+    assert geometry.vflip == 1.0 and geometry.rot90 is True
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["data.before=a.tif"], r"data.before does not apply to data.dataset=pascal \(it is read by change detection datasets \(geotiff_pair: use `semicd`\)"),
+        (["task=change_detection", "data.ignore_mask_values=[3]"], r"ignore_mask_values does not apply to data.dataset=levir_cd"),
+        (["task=change_detection", "data.dataset=geotiff_pair", "data.split=5%"], "data.split does not apply"),
+        (["data.dataset=levir_cd"], r"not a segmentation dataset \(it is a change detection dataset: use `semicd`\)"),
+        (["task=change_detection", "data.dataset=pascal"], "use `semiseg`"),
+        (["task=depth"], "unknown task 'depth'"),
+        (["model.encoder=huge"], "unknown encoder size 'huge'"),
+        (["data.ratio_range=[2.0,0.5]"], "ratio_range"),
+        (["data.batch_size=0"], "data.batch_size must be at least 1"),
+        (["method.ema_decay=2"], "method.ema_decay must lie in"),
+        (["train.max_iters=0"], "train.max_iters must be at least 1"),
+        (["method.name=supervised", "method.extras=[prevmatch]"], "semi-supervised base method"),
+    ],
+)  # fmt: skip
+def test_options_that_do_not_apply_or_make_no_sense_are_refused(overrides, message):
+    with pytest.raises(SemisegError, match=message):
+        load_config(None, overrides)
+
+
+# ---------------------------------------------------------------- bases
+def test_extras_and_benchmark_configs_are_deltas_of_their_base():
+    for name in ("pascal_prevmatch", "levir_cd_maskmatch", "levir_cd_prevmatch_maskmatch", "whu_cd", "coco"):
+        text = (CONFIGS[0].parent / f"{name}.yaml").read_text()
+        assert (
+            "base:" in text
+            and len([line for line in text.splitlines() if line and not line.startswith("#")]) <= 8
+        )
+    whu = load_config(CONFIGS[0].parent / "whu_cd.yaml").to_dict()
+    levir = load_config(CONFIGS[0].parent / "levir_cd.yaml").to_dict()
+    assert whu["data"].pop("dataset") == "whu_cd" and levir["data"].pop("dataset") == "levir_cd"
+    assert whu == levir
+    both = load_config(CONFIGS[0].parent / "pascal_prevmatch_maskmatch.yaml")
+    assert both.method.extras == ["prevmatch", "maskmatch"] and both.data.crop_size == 518
+
+
+def test_bases_chain_relative_to_the_file_and_refuse_cycles(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text("data: {crop_size: 28, batch_size: 2}\ntrain: {epochs: 3}\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("base: ../root.yaml\ndata: {batch_size: 5}\n")
+    (tmp_path / "leaf.yaml").write_text("base: sub/mid.yaml\ntrain: {epochs: 7}\n")
+    cfg = load_config(tmp_path / "leaf.yaml", ["data.workers=1"])
+    assert (cfg.data.crop_size, cfg.data.batch_size, cfg.train.epochs, cfg.data.workers) == (28, 5, 7, 1)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(SemisegError, match="cycle: a.yaml -> b.yaml -> a.yaml"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: gone.yaml\n")
+    with pytest.raises(SemisegError, match="gone.yaml .*named as base by"):
+        load_config(tmp_path / "orphan.yaml")
+
+
+def test_the_configs_readme_is_generated_from_the_schema():
+    sys.path.insert(0, str(REPO / "tools"))
+    import config_docs
+
+    current = (REPO / "configs" / "README.md").read_text()
+    assert current == config_docs.render(current), "run python tools/config_docs.py"
+    for section, cls in (("data", DataConfig), ("method", MethodConfig), ("train", TrainConfig)):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if not dataclasses.is_dataclass(hints[f.name]):
+                assert f"| `{f.name}` |" in current, f"{section}.{f.name} is not documented"

@@ -230,3 +230,93 @@ def test_two_process_gloo_ddp_run(tmp_path):
     ckpt = torch.load(tmp_path / "ddp" / "latest.pt", weights_only=True)
     assert ckpt["state"]["iteration"] == 2  # 8 unlabeled / (2 processes x batch 2)
     assert len(ckpt["rng"]) == 2
+
+
+# ---------------------------------------------------------------- the step seam
+def test_the_trainer_is_its_training_step_driven_over_its_loaders(tmp_path):
+    """Driving `TrainStep` by hand over the same batches gives the trainer's weights bit for bit, so what
+    external parity checks and the benchmark call is exactly what trains."""
+    from semiseg.data.build import build
+    from semiseg.train.distributed import DistInfo
+    from semiseg.train.loop import TrainLoaders
+    from semiseg.train.state import seed_all
+    from semiseg.train.step import TrainStep
+
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    cfg = _seg_config(split, "folder", "unimatch_v2", "train.epochs=1", "method.conf_thresh=0.0")
+    train(cfg, tmp_path / "run", progress=False)
+    trained = _weights(tmp_path / "run" / "latest.pt")
+
+    seed_all(cfg.train.seed * 1000)  # what the trainer does first, in this order
+    loaders = TrainLoaders(build(cfg, "fit"), cfg, DistInfo(), torch.device("cpu"))
+    step = TrainStep.from_config(cfg, torch.device("cpu"), loaders.iters_per_epoch * cfg.train.epochs)
+    step.model.train()
+    for iteration, (labeled, unlabeled) in enumerate(loaders.epoch(0, 0)):
+        logs = step(labeled, unlabeled, iteration)
+    assert iteration + 1 == 4 and set(logs) >= {"loss", "loss_x", "loss_u", "mask_ratio", "lr"}
+    for part, state in (("model", step.model.state_dict()), ("ema", step.ema.state_dict())):
+        for k, v in state.items():
+            torch.testing.assert_close(v, trained[part][k], rtol=0, atol=0, msg=f"{part}.{k}")
+
+
+def test_the_step_refuses_a_non_finite_loss_before_updating_anything():
+    from semiseg.methods.base import Batch
+    from semiseg.train.step import NonFiniteLossError, TrainStep
+
+    cfg = load_config(
+        None, ["data.nclass=3", "data.crop_size=28", "model.encoder=tiny", "method.name=supervised"]
+    )
+    step = TrainStep.from_config(cfg, torch.device("cpu"), total_iters=10)
+    images = (torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8),)
+    batch = Batch(images, torch.randint(0, 3, (2, 28, 28)), torch.zeros(2, 28, 28, dtype=torch.uint8))
+    before = {k: v.clone() for k, v in step.model.state_dict().items()}
+    with torch.no_grad():
+        step.model.head.output[2].bias.fill_(math.inf)
+    before["head.output.2.bias"] = step.model.head.output[2].bias.clone()
+    with pytest.raises(NonFiniteLossError, match="iteration 3"):
+        step(batch, None, 3)
+    for k, v in step.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+# ---------------------------------------------------------------- the stage seam and old checkpoints
+def test_evaluation_builds_only_the_evaluation_data(tmp_path):
+    from semiseg.data.build import build
+
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    cfg = _seg_config(split, "folder", "unimatch_v2")
+    (split / "labeled.txt").unlink()  # scoring a checkpoint needs neither training list nor its files
+    (split / "unlabeled.txt").unlink()
+    data = build(cfg, "eval")
+    assert data.labeled is None and data.unlabeled is None and len(data.val) == 3
+    assert cfg.method.name == "unimatch_v2"
+    with pytest.raises(SemisegError, match="labeled.txt"):
+        build(cfg, "fit")
+
+
+def test_supervised_training_reads_no_unlabeled_list(tmp_path):
+    from semiseg.data.build import build
+
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    (split / "unlabeled.txt").write_text("missing/file.png\n")  # would fail the file check if it were read
+    data = build(_seg_config(split, "folder", "supervised"), "fit")
+    assert data.unlabeled is None and len(data.labeled) == 4  # data.nsample=4
+    with pytest.raises(SemisegError, match="missing"):
+        build(_seg_config(split, "folder", "unimatch_v2"), "fit")
+
+
+def test_a_checkpoint_written_before_the_task_seam_still_loads_and_resumes(tmp_path):
+    """Checkpoints from before this layout lack `meta.patch_size` and hold `grayscale_p: null` in their config."""
+    import semiseg
+
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    out = tmp_path / "run"
+    train(_seg_config(split, "folder", "unimatch_v2", "train.max_iters=2"), out, progress=False)
+    ckpt = torch.load(out / "latest.pt", weights_only=True)
+    del ckpt["meta"]["patch_size"]
+    ckpt["config"]["method"]["grayscale_p"] = None
+    torch.save(ckpt, out / "latest.pt")
+    model = semiseg.load_model(out / "latest.pt")
+    assert model.meta["patch_size"] == 14 and model.mean == (0.485, 0.456, 0.406)
+    result = train(_seg_config(split, "folder", "unimatch_v2"), out, progress=False)
+    assert result["state"].iteration == 8 and "resumed" in (out / "log.txt").read_text()

@@ -164,7 +164,7 @@ def check_dataset(
     if (nclass == 150 or dataset == "ade20k") and _looks_like_raw_ade20k(values):
         raise SemisegError(
             f"masks under {root} look like raw ADE20K annotations (0 = other, 1..150); convert them with "
-            "semiseg.data.segmentation.convert_ade20k_masks(src, dst) (subtracts 1, 0 -> 255)"
+            "semiseg.segmentation.datasets.convert_ade20k_masks(src, dst) (subtracts 1, 0 -> 255)"
         )
     for item, vals in zip(checked, values):
         bad = vals[(vals >= nclass) & (vals != IGNORE_INDEX)]
