@@ -10,6 +10,7 @@ from pathlib import Path
 
 from semicd.task import TASK
 from semiseg.cli import (
+    CHECKPOINT_HELP,
     add_command,
     add_scene_options,
     make_parser,
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--before", required=True, help="GeoTIFF of the earlier date (defines the output grid)")
     p.add_argument("--after", required=True, help="GeoTIFF of the later date")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--out", required=True, help="change map GeoTIFF (uint8 classes, 255 = nodata)")
     p.add_argument(
         "--align", choices=["error", "reproject"], default="error",

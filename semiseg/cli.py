@@ -146,6 +146,9 @@ def cmd_export(task: Task) -> Handler:
     return handler
 
 
+CHECKPOINT_HELP = (
+    "a checkpoint: ours (best.pt, latest.pt), an export (.safetensors), or an official UniMatch V2 one"
+)
 WHICH_HELP = (
     "which weights of a checkpoint: the EMA teacher, the student (model), or auto (the one that scored best)"
 )
@@ -176,7 +179,7 @@ def make_parser(task: Task, description: str) -> tuple[argparse.ArgumentParser, 
         cmd_eval(task),
         "score a checkpoint (ours or official UniMatch V2) on the evaluation list",
     )
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     add_config_args(p, config_required=False)
     p.add_argument("--which", choices=["auto", "ema", "model"], default="auto", help=WHICH_HELP)
     p.add_argument("--mode", choices=["original", "sliding_window"], default=None, help="override eval.mode")
@@ -184,7 +187,7 @@ def make_parser(task: Task, description: str) -> tuple[argparse.ArgumentParser, 
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
     p = add_command(sub, "export", cmd_export(task), "write release weights: <out>.safetensors + <out>.yaml")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--out", required=True, help="output path without extension")
     p.add_argument("--which", choices=["auto", "ema", "model"], default="auto", help=WHICH_HELP)
     return parser, sub

@@ -123,6 +123,19 @@ def _checked(probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return probs
 
 
+def _check_request(scene: Scene, out_path, probs_path, polygons_path, threshold: float | None) -> None:
+    """Everything a user can get wrong about the outputs and the threshold, refused before any compute."""
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise SemisegError(f"--threshold {threshold} must be between 0 and 1")
+    outputs = [check_output_path(out_path, "output")]
+    if probs_path is not None:
+        outputs.append(check_output_path(probs_path, "probability output"))
+    if polygons_path is not None:
+        polygon_driver(polygons_path)
+        outputs.append(check_output_path(polygons_path, "polygon output"))
+    _check_outputs(scene, outputs)
+
+
 def _check_outputs(scene: Scene, outputs: Sequence[Path]) -> None:
     """Outputs must be distinct writable files and must not overwrite an input."""
     inputs = {os.path.abspath(s.path) for s in scene.sources}
@@ -184,15 +197,7 @@ def predict_raster(
             "predict_raster needs the model's patch size: pass patch_size or a predictor that has one"
         )
     grid = make_grid(scene.height, scene.width, window, overlap, patch_size)
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        raise SemisegError(f"--threshold {threshold} must be between 0 and 1")
-    outputs = [check_output_path(out_path, "output")]
-    if probs_path is not None:
-        outputs.append(check_output_path(probs_path, "probability output"))
-    if polygons_path is not None:
-        polygon_driver(polygons_path)
-        outputs.append(check_output_path(polygons_path, "polygon output"))
-    _check_outputs(scene, outputs)
+    _check_request(scene, out_path, probs_path, polygons_path, threshold)
     run_tags = {"window": window, "overlap": overlap, "threshold": threshold or "argmax", "tta": tta}
     run_tags.update(tags or {})
 
@@ -226,21 +231,13 @@ def predict_raster(
                 probs_file = probs_out.finish(None, {"values": f"{what} x 254, 255 = nodata"})
             n_polygons = None
             if polygons_path is not None:
-                from semiseg.geo.vectorize import (
-                    vectorize_classes,  # the vector stack loads only for polygons
-                )
+                from semiseg.geo.vectorize import vectorize_classes  # the vector stack loads only here
 
                 n_polygons = vectorize_classes(
-                    class_file,
-                    polygons_tmp,
-                    driver=polygon_driver(polygons_path),
-                    probs_path=probs_file,
-                    background=background,
-                    sieve_pixels=sieve_pixels,
-                    min_area_m2=min_area_m2,
+                    class_file, polygons_tmp, driver=polygon_driver(polygons_path), probs_path=probs_file,
+                    background=background, sieve_pixels=sieve_pixels, min_area_m2=min_area_m2,
                     layer=Path(polygons_path).stem,
-                )
-            if polygons_path is not None:
+                )  # fmt: skip
                 os.replace(polygons_tmp, polygons_path)
             if probs_path is not None:
                 probs_out.publish()

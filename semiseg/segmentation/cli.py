@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from semiseg.cli import (
+    CHECKPOINT_HELP,
     add_command,
     add_scene_options,
     make_parser,
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_command(
         sub, "predict", cmd_predict, "class masks for a folder of images, or a class map for a GeoTIFF scene"
     )
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--input", help="folder (or single file) of images; writes <out>/<name>.png palette masks")
     p.add_argument("--image", help="a GeoTIFF scene; writes a georeferenced class map to --out")
     p.add_argument("--out", required=True, help="mask folder (--input) or class-map GeoTIFF (--image)")
