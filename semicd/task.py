@@ -45,7 +45,6 @@ TASK = Task(
     name="change_detection",
     title="change detection",
     command="semicd",
-    num_images=2,
     fusion="absdiff",
     primary_metric="iou",
     scores=_scores,
@@ -65,11 +64,11 @@ TASK = Task(
     defaults={
         "data": {
             "dataset": "levir_cd",
-            "nclass": 2,
-            "crop_size": 252,
-            "batch_size": 8,
-            "ratio_range": [0.8, 1.2],
+            "nclass": len(recipe.CHANGE_CLASSES),
+            "crop_size": recipe.CROP_SIZE,
+            "batch_size": recipe.BATCH_SIZE,
+            "ratio_range": list(recipe.RATIO_RANGE),
         },
-        "method": {"teacher": "student", "grayscale_p": 0.0},
+        "method": {"teacher": recipe.TEACHER, "grayscale_p": recipe.GRAYSCALE_P},
     },
 )

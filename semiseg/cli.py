@@ -233,11 +233,9 @@ def predict_scene_command(args: argparse.Namespace, task: Task, rasters: Sequenc
     """The body of every task's GeoTIFF `predict`: check inputs, load the model, tile-and-predict, record."""
     from semiseg.devices import pick_device
     from semiseg.models.checkpoints import load_model
-    from semiseg.predict import predict_scene
+    from semiseg.predict import check_rasters_exist, predict_scene
 
-    for path in rasters:
-        if not Path(path).exists():
-            raise SemisegError(f"input raster not found: {path}")
+    check_rasters_exist(rasters)  # before loading what may be a large model
     model = load_model(args.checkpoint, task=task.name, which=args.which)
     summary = predict_scene(
         model, rasters, args.out, device=pick_device(args.device), amp=args.amp, align=getattr(args, "align", "error"),

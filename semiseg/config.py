@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Any, Literal
 
 import yaml
 
-from semiseg.errors import SemisegError
+from semiseg.errors import SemisegError, did_you_mean
 from semiseg.models.specs import ENCODER_SPECS, encoder_spec
 from semiseg.registry import EXTRAS, METHODS
 from semiseg.task import DatasetSpec, Task, get_task, tasks
@@ -86,7 +85,9 @@ class DataConfig:
         None, "a label raster (0/255 or 0/1) on the same grid, or a vector file of change polygons"
     )
     window: int = _opt(256, "side in px of the training windows laid over the scene")
-    bands: list[int] | None = _opt(None, "1-based bands to read (default 1, 2, 3)")
+    bands: list[int] | None = _opt(
+        None, "1-based bands to read (default: the first as many as the encoder takes)"
+    )
     min_valid: float = _opt(0.5, "skip windows valid (not nodata) in both dates for less than this fraction")
     areas: dict[str, str] | None = _opt(
         None, "`{labeled: file, unlabeled: file, val: file}` polygon files assigning windows by their centre"
@@ -245,11 +246,6 @@ def _to_plain(obj: Any) -> Any:
     return obj
 
 
-def _nearest(key: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _accepts_none(hint: Any) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
 
@@ -326,7 +322,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     for key in values:
         if key not in names:
             prefix = f"{where}." if where else ""
-            raise SemisegError(f"unknown config key {prefix}{key}{_nearest(key, names)}")
+            raise SemisegError(f"unknown config key {prefix}{key}{did_you_mean(key, names)}")
     kwargs = {
         k: _coerce(v, hints[k], f"{where}.{k}" if where else k)
         for k, v in values.items()
@@ -335,29 +331,51 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """`over` on top of `base`: mappings merge key by key, anything else (lists too) is replaced; a null in
-    `over` does not replace a value of `base` for keys that cannot be null (see `_build`)."""
+def _schema_paths() -> tuple[frozenset[str], frozenset[str]]:
+    """(dotted paths of sections, dotted paths of keys that may be null), read from the schema."""
+    sections, nullable = set(), set()
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            path = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(hints[f.name]):
+                sections.add(path)
+                walk(hints[f.name], f"{path}.")
+            elif _accepts_none(hints[f.name]):
+                nullable.add(path)
+
+    walk(Config, "")
+    return frozenset(sections), frozenset(nullable)
+
+
+SECTIONS, NULLABLE = _schema_paths()
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`over` on top of `base`: config sections merge key by key; any value (a list, a mapping such as
+    `data.areas`, a null) replaces the one below it."""
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        elif value is not None or key not in out or _nullable(key):
+        path = f"{prefix}{key}"
+        if path in SECTIONS and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value, f"{path}.")
+        else:
             out[key] = copy.deepcopy(value)
     return out
 
 
-# Keys that may be null (so a null in a config really clears them); computed from the schema.
-_NULLABLE_KEYS = frozenset(
-    f.name
-    for cls in (DataConfig, ModelConfig, MethodConfig, OptimConfig, TrainConfig, EvalConfig, Config)
-    for f in dataclasses.fields(cls)
-    if _accepts_none(typing.get_type_hints(cls)[f.name])
-)
-
-
-def _nullable(key: str) -> bool:
-    return key in _NULLABLE_KEYS
+def _drop_defaulted_nulls(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A null on a key that cannot be null means "the default" (the task's or dataset's, else the schema's): drop
+    it so the defaults below show through. Old resolved configs wrote `grayscale_p: null` for exactly that."""
+    out = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if path in SECTIONS and isinstance(value, dict):
+            out[key] = _drop_defaulted_nulls(value, f"{path}.")
+        elif value is not None or path in NULLABLE or path in SECTIONS:
+            out[key] = value
+    return out
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -393,12 +411,22 @@ def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> dic
 # Checks a type system cannot express
 
 
-def _check_data_keys(raw: dict[str, Any], dataset: str, spec: DatasetSpec, task: Task) -> None:
-    """Refuse `data.*` options the chosen dataset would not read (they would otherwise be silently ignored)."""
-    known = {
-        f.name for f in dataclasses.fields(DataConfig)
-    }  # unknown keys get their own error from the schema
-    given = {k for k, v in (raw.get("data") or {}).items() if v is not None and k in known}
+def _check_data_keys(
+    raw: dict[str, Any], defaults: dict[str, Any], dataset: str, spec: DatasetSpec, task: Task
+) -> None:
+    """Refuse `data.*` options the chosen dataset would not read, which would otherwise be silently ignored.
+
+    An option counts as given when it differs from its default, so a resolved config (which lists every key)
+    loads back as it is.
+    """
+    schema = DataConfig()
+    given = set()
+    for key, value in (raw.get("data") or {}).items():
+        if not hasattr(schema, key) or value is None:
+            continue  # unknown keys get their own error from the schema
+        default = (defaults.get("data") or {}).get(key, getattr(schema, key))
+        if _to_plain(value) != _to_plain(default):
+            given.add(key)
     stray = sorted(given - COMMON_DATA_KEYS - spec.keys)
     if not stray:
         return
@@ -408,7 +436,8 @@ def _check_data_keys(raw: dict[str, Any], dataset: str, spec: DatasetSpec, task:
     if here:
         where = f"it is read by data.dataset={' / '.join(here)}"
     elif readers:
-        where = f"it is read by {readers[0][0].title} datasets ({', '.join(n for _, n in readers)}: use `{readers[0][0].command}`)"
+        owner = readers[0][0]
+        where = f"it is read by {owner.title} datasets ({', '.join(n for _, n in readers)}: use `{owner.command}`)"
     else:
         where = "no dataset reads it"
     raise SemisegError(
@@ -463,7 +492,7 @@ def validate(cfg: Config, task: Task | None = None) -> Config:
     task = task or get_task(cfg.task)
     if cfg.model.encoder not in ENCODER_SPECS:
         raise SemisegError(
-            f"model.encoder: unknown encoder size {cfg.model.encoder!r}{_nearest(cfg.model.encoder, ENCODER_SPECS)}; "
+            f"model.encoder: unknown encoder size {cfg.model.encoder!r}{did_you_mean(cfg.model.encoder, ENCODER_SPECS)}; "
             f"choose one of {', '.join(ENCODER_SPECS)}"
         )
     spec = encoder_spec(cfg.model.encoder)
@@ -471,12 +500,12 @@ def validate(cfg: Config, task: Task | None = None) -> Config:
     if cfg.method.name not in METHODS:
         raise SemisegError(
             f"method.name: {cfg.method.name!r} is not one of {', '.join(map(repr, METHODS))}"
-            f"{_nearest(cfg.method.name, METHODS)}"
+            f"{did_you_mean(cfg.method.name, METHODS)}"
         )
     for extra in cfg.method.extras:
         if extra not in EXTRAS:
             raise SemisegError(
-                f"unknown method extra {extra!r}{_nearest(extra, EXTRAS)}; choose from {', '.join(EXTRAS)}"
+                f"unknown method extra {extra!r}{did_you_mean(extra, EXTRAS)}; choose from {', '.join(EXTRAS)}"
             )
     if cfg.method.extras and not METHODS[cfg.method.name].needs_unlabeled:
         raise SemisegError("method.extras need a semi-supervised base method (fixmatch or unimatch_v2)")
@@ -515,15 +544,19 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     if not isinstance(task_name, str):
         raise SemisegError(f"task: expected a task name, got {task_name!r}")
     task = get_task(task_name)
-    layered = deep_merge(dict(task.defaults), {})
+    raw = _drop_defaulted_nulls(raw)
+    layered = deep_merge({}, dict(task.defaults))
     dataset = (raw.get("data") or {}).get("dataset") or (layered.get("data") or {}).get("dataset")
     spec = task.dataset(dataset)
     layered = deep_merge(layered, dict(spec.defaults))
-    _check_data_keys(raw, str(dataset), spec, task)
+    _check_data_keys(raw, layered, str(dataset), spec, task)
     merged = deep_merge(layered, raw)
     merged["task"] = task.name
     merged.setdefault("data", {})["dataset"] = dataset
-    return validate(_build(Config, merged, ""), task)
+    cfg = _build(Config, merged, "")
+    if cfg.data.nclass is None:
+        cfg.data.nclass = task.nclass  # a task that fixes its classes needs no count from the user
+    return validate(cfg, task)
 
 
 def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -593,15 +626,16 @@ _SECTIONS: tuple[tuple[str, type], ...] = (
 )  # fmt: skip
 
 
-def _lookup(tree: Any, dotted: str) -> Any:
+_MISSING = object()
+
+
+def lookup(tree: Any, dotted: str, default: Any = None) -> Any:
+    """`tree["a"]["b"]` for `a.b` in nested dicts (a config as a dict), or `default` where the path is absent."""
     for part in dotted.split("."):
         if not isinstance(tree, dict) or part not in tree:
-            return _MISSING
+            return default
         tree = tree[part]
     return tree
-
-
-_MISSING = object()
 
 
 def _show(value: Any) -> str:
@@ -632,11 +666,11 @@ def config_reference(known_tasks: typing.Sequence[Task]) -> str:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             shown = [_show(default)]
             for task in known_tasks:
-                value = _lookup(dict(task.defaults), dotted)
+                value = lookup(dict(task.defaults), dotted, _MISSING)
                 if value is not _MISSING and value != _to_plain(default):
                     shown.append(f"{task.title}: {_show(value)}")
                 for name, spec in task.datasets.items():
-                    value = _lookup(dict(spec.defaults), dotted)
+                    value = lookup(dict(spec.defaults), dotted, _MISSING)
                     if value is not _MISSING:
                         shown.append(f"{name}: {_show(value)}")
             doc = f.metadata["doc"]

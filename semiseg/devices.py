@@ -1,10 +1,14 @@
-"""The one place that turns a device name (`auto`, `cpu`, `cuda`, `cuda:N`) into a torch device."""
+"""The one place that turns a device name (`auto`, `cpu`, `cuda`, `cuda:N`) into a torch device, and an autocast
+setting into a dtype."""
 
 from __future__ import annotations
 
 import torch
 
 from semiseg.errors import SemisegError
+
+# autocast settings (`train.amp`, `--amp`) -> dtype; "none" runs in float32
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def pick_device(name: str, index: int | None = None) -> torch.device:

@@ -5,6 +5,17 @@ that says what was wrong and how to fix it. The command-line entry points catch 
 never get a traceback from deep inside torch for their own mistakes.
 """
 
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
 
 class SemisegError(Exception):
     """A user-facing error: the message alone must be enough to fix the problem."""
+
+
+def did_you_mean(name: object, options: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest option, or nothing when none is close."""
+    close = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""

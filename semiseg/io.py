@@ -22,6 +22,9 @@ import numpy as np
 
 from semiseg.errors import SemisegError
 
+# Image files we read (lists, folders, tiles); the first one is what a name without extension is tried as first.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
 
 def temp_path_for(path: str | os.PathLike, suffix: str | None = None) -> Path:
     """A hidden, unique temporary name beside `path`, keeping its extension (or `suffix`).

@@ -16,15 +16,13 @@ from typing import Any
 
 import torch
 
+from semiseg.devices import AMP_DTYPES
 from semiseg.errors import SemisegError
 from semiseg.geo.writer import class_colormap
 from semiseg.inference import predict_logits
-from semiseg.io import read_rgb, save_png_atomic
+from semiseg.io import IMAGE_EXTENSIONS, read_rgb, save_png_atomic
 from semiseg.models.normalize import normalize
 from semiseg.models.segmentor import Segmentor
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class ModelPredictor:
@@ -47,6 +45,12 @@ class ModelPredictor:
         with ctx:
             logits = m(*x)
         return logits.float().softmax(1)
+
+
+def check_rasters_exist(rasters: Sequence[str | os.PathLike]) -> None:
+    for path in rasters:
+        if not Path(path).exists():
+            raise SemisegError(f"input raster not found: {path}")
 
 
 def make_predictor(model: Segmentor, device: torch.device, amp: str = "none") -> ModelPredictor:
@@ -75,10 +79,10 @@ def predict_folder(
     if not src.exists():
         raise SemisegError(f"input not found: {src}")
     files = (
-        [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     )
     if not files:
-        raise SemisegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {src}")
+        raise SemisegError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {src}")
     out.mkdir(parents=True, exist_ok=True)
     predictor = make_predictor(model, device, amp)
     palette = _palette(model.nclass)
@@ -115,7 +119,7 @@ def predict_scene(
 
     `options` go to `semiseg.geo.predict.predict_raster` (window, overlap, batch_size, num_workers, probs_path,
     polygons_path, threshold, tta, min_area_m2). `bands` (1-based) default to the first as many as the encoder
-    takes. The rasters are checked before any compute; nodata also shapes the percentile stretch of non-uint8
+    takes; the rasters are checked before any compute; nodata also shapes the percentile stretch of non-uint8
     inputs, so it goes to the scene, not only to the writer.
     """
     from semiseg.geo.pair import open_scene
@@ -123,11 +127,17 @@ def predict_scene(
 
     if len(rasters) != model.num_images:
         raise SemisegError(f"this model takes {model.num_images} raster(s) per scene, got {len(rasters)}")
-    for path in rasters:
-        if not Path(path).exists():
-            raise SemisegError(f"input raster not found: {path}")
-    bands = list(bands) if bands else list(range(1, model.spec.bands + 1))
+    check_rasters_exist(rasters)
     scene = open_scene(list(rasters), align=align, bands=bands, nodata=nodata)
+    wanted = model.spec.bands
+    if bands is None and scene.num_bands > wanted:
+        scene = scene.first_bands(wanted)
+    if scene.num_bands != wanted:
+        given = f"--bands selects {scene.num_bands}" if bands else f"{rasters[0]} has {scene.num_bands}"
+        raise SemisegError(
+            f"the model takes {wanted} band(s) but {given}: pass --bands with {wanted} numbers "
+            f"(e.g. --bands {','.join(['1'] * wanted)} to repeat the first band)"
+        )
     return predict_raster(
         scene,
         make_predictor(model, device, amp),

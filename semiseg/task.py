@@ -18,13 +18,13 @@ imported only when they are called.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
-from semiseg.errors import SemisegError
+from semiseg.errors import SemisegError, did_you_mean
+from semiseg.models.specs import FUSIONS
 
 ENTRY_POINT_GROUP = "semiseg.tasks"
 
@@ -52,8 +52,8 @@ class Task:
     """Everything the engine needs to know about a task.
 
     - `name`: the config value of `task`; `title` and `command`: how the command line speaks of it.
-    - `num_images` per sample and the model `fusion` that combines their features (`identity` for one image,
-      `absdiff` for a before/after pair).
+    - the model `fusion` that combines the features of a sample's images, which fixes how many images make one
+      sample (`num_images`): `identity` for one image, `absdiff` for a before/after pair.
     - `scores(confusion_matrix) -> dict` of percentages; `primary_metric` names the one that selects models.
     - `nclass`: a class count the task fixes (change detection: 2), else None; `classes`: default names.
     - `defaults`: nested config values applied before the user's (e.g. change detection's 0.8-1.2 rescale).
@@ -63,7 +63,6 @@ class Task:
     name: str
     title: str
     command: str
-    num_images: int
     fusion: str
     primary_metric: str
     scores: Callable[[Any], dict]
@@ -71,6 +70,16 @@ class Task:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     nclass: int | None = None
     classes: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise ValueError(
+                f"task {self.name}: unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}"
+            )
+
+    @property
+    def num_images(self) -> int:
+        return FUSIONS[self.fusion]
 
     def dataset(self, name: str | None) -> DatasetSpec:
         """The spec of dataset `name`, or an error that lists this task's datasets (and names the task that has
@@ -81,7 +90,7 @@ class Task:
         where = (
             f" (it is a {owner.title} dataset: use `{owner.command}`)"
             if owner
-            else _nearest(name, self.datasets)
+            else did_you_mean(name, self.datasets)
         )
         raise SemisegError(
             f"data.dataset {name!r} is not a {self.title} dataset{where}; choose one of {', '.join(self.datasets)}"
@@ -90,11 +99,6 @@ class Task:
 
 _registered: dict[str, Task] = {}
 _loaded: dict[str, Task] | None = None
-
-
-def _nearest(name: Any, options: Mapping[str, Any] | list[str]) -> str:
-    close = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _installed() -> dict[str, Task]:
@@ -130,7 +134,7 @@ def get_task(name: str) -> Task:
     known = tasks()
     if name not in known:
         hint = (
-            _nearest(name, known)
+            did_you_mean(name, known)
             if known
             else (" (no task is installed: reinstall the package with `pip install -e .`)")
         )

@@ -1,4 +1,4 @@
-"""Tiny fake datasets in each benchmark's real folder layout, made from synthetic shapes (see semiseg.synthetic)."""
+"""Tiny fake datasets in each benchmark's real folder layout, made from synthetic shapes (see semiseg.segmentation.synthetic)."""
 
 from __future__ import annotations
 

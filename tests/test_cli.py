@@ -338,3 +338,35 @@ def test_help_states_every_default():
         and "(default: 0.25)" in proc.stdout
         and "(default: auto)" in proc.stdout
     )
+
+
+def test_scene_bands_default_to_what_the_model_takes(tmp_path, capsys):
+    from semiseg.models.checkpoints import export_model
+    from semiseg.models.segmentor import build_model
+
+    checkpoint = export_model(build_model("tiny", 3), tmp_path / "seg")
+    rng = np.random.default_rng(0)
+    for bands in (4, 1):
+        path = tmp_path / f"b{bands}.tif"
+        profile = dict(driver="GTiff", width=30, height=30, count=bands, dtype="uint8", crs="EPSG:32618",
+                       transform=from_origin(500000, 4000000, 0.5, 0.5))  # fmt: skip
+        with rasterio.open(path, "w", **profile) as ds:
+            ds.write(rng.integers(0, 255, (bands, 30, 30), dtype=np.uint8))
+    common = ["--checkpoint", str(checkpoint), "--window", "28", "--workers", "0"]
+    assert (
+        semiseg_main(
+            ["predict", "--image", str(tmp_path / "b4.tif"), "--out", str(tmp_path / "o4.tif"), *common]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert (
+        semiseg_main(
+            ["predict", "--image", str(tmp_path / "b1.tif"), "--out", str(tmp_path / "o1.tif"), *common]
+        )
+        == 2
+    )
+    assert "the model takes 3 band(s) but" in capsys.readouterr().err and not (tmp_path / "o1.tif").exists()
+    assert semiseg_main(
+        ["predict", "--image", str(tmp_path / "b1.tif"), "--out", str(tmp_path / "o1.tif"), "--bands", "1,1,1", *common]
+    ) == 0  # fmt: skip

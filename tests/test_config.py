@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from semiseg.config import DataConfig, MethodConfig, TrainConfig, load_config
+from semiseg.config import DataConfig, MethodConfig, TrainConfig, config_yaml, load_config
 from semiseg.data.geometry import geometry_from_config
 from semiseg.errors import SemisegError
 
@@ -164,3 +164,27 @@ def test_the_configs_readme_is_generated_from_the_schema():
         for f in dataclasses.fields(cls):
             if not dataclasses.is_dataclass(hints[f.name]):
                 assert f"| `{f.name}` |" in current, f"{section}.{f.name} is not documented"
+
+
+def test_a_resolved_config_loads_back_as_it_is(tmp_path):
+    for name in ("pascal", "cityscapes", "levir_cd", "scene_pair"):
+        cfg = load_config(REPO / "configs" / f"{name}.yaml")
+        (tmp_path / "c.yaml").write_text(config_yaml(cfg))
+        assert load_config(tmp_path / "c.yaml") == cfg, name
+
+
+def test_nulls_mean_the_default_and_values_replace_whole(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "task: change_detection\ndata: {dataset: geotiff_pair, areas: {labeled: a.gpkg, val: v.gpkg}}\n"
+        "method: {grayscale_p: 0.5}\n"
+    )
+    (tmp_path / "child.yaml").write_text(
+        "base: base.yaml\ndata: {areas: {val: w.gpkg}}\nmethod: {grayscale_p: null}\n"
+    )
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.data.areas == {"val": "w.gpkg"}  # a mapping value is replaced, not merged entry by entry
+    assert cfg.method.grayscale_p == 0.0  # null: the task's default, in a file as on the command line
+    assert load_config(tmp_path / "base.yaml", ["method.grayscale_p=null"]).method.grayscale_p == 0.0
+    assert (
+        load_config(None, ["task=change_detection", "data.nclass=null"]).data.nclass == 2
+    )  # the task fixes it

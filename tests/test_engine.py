@@ -313,10 +313,19 @@ def test_a_checkpoint_written_before_the_task_seam_still_loads_and_resumes(tmp_p
     out = tmp_path / "run"
     train(_seg_config(split, "folder", "unimatch_v2", "train.max_iters=2"), out, progress=False)
     ckpt = torch.load(out / "latest.pt", weights_only=True)
-    del ckpt["meta"]["patch_size"]
+    del ckpt["meta"]["patch_size"], ckpt["sample_keying"], ckpt["state"]["total_iters"]
     ckpt["config"]["method"]["grayscale_p"] = None
     torch.save(ckpt, out / "latest.pt")
     model = semiseg.load_model(out / "latest.pt")
     assert model.meta["patch_size"] == 14 and model.mean == (0.485, 0.456, 0.406)
     result = train(_seg_config(split, "folder", "unimatch_v2"), out, progress=False)
-    assert result["state"].iteration == 8 and "resumed" in (out / "log.txt").read_text()
+    log = (out / "log.txt").read_text()
+    assert result["state"].iteration == 8 and "resumed" in log and "keyed per stream" in log
+
+
+def test_a_resume_whose_schedule_would_change_is_refused(tmp_path):
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    out = tmp_path / "run"
+    train(_seg_config(split, "folder", "unimatch_v2", "train.max_iters=2"), out, progress=False)
+    with pytest.raises(SemisegError, match="schedule of 8 iterations, but the data and config now give 4"):
+        train(_seg_config(split, "folder", "unimatch_v2", "data.batch_size=4"), out, progress=False)

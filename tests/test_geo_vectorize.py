@@ -39,3 +39,11 @@ def test_multiclass_palette_is_distinct_and_nodata_transparent():
     cmap = class_colormap(21)
     assert len({cmap[c] for c in range(21)}) == 21
     assert cmap[255][3] == 0 and class_colormap(2)[1] == (255, 0, 0, 255)
+
+
+def test_pixel_area_of_a_crs_without_a_stated_unit_is_in_its_own_units():
+    local = rasterio.crs.CRS.from_wkt(
+        'LOCAL_CS["site grid",UNIT["unknown",1],AXIS["x",EAST],AXIS["y",NORTH]]'
+    )
+    with pytest.warns(UserWarning, match="does not state its linear unit"):
+        assert pixel_area_m2(local, rasterio.transform.from_origin(0, 0, 2, 2), 10, 10) == 4.0

@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from semiseg.config import load_config
+from semiseg.data.build import DataRequest
 from semiseg.data.geometry import GeometryConfig
-from semiseg.data.lists import SplitItem, read_split_file, write_split_file
+from semiseg.data.lists import SplitItem, find_split_folder, read_split_file, write_split_file
 from semiseg.errors import SemisegError
 from semiseg.segmentation.benchmarks import SEGMENTATION_DATASETS, class_names
 from semiseg.segmentation.datasets import (
@@ -18,6 +20,7 @@ from semiseg.segmentation.datasets import (
     build_segmentation_datasets,
     check_dataset,
     convert_ade20k_masks,
+    split_lists,
 )
 from semiseg.segmentation.layouts import (
     SplitFiles,
@@ -26,7 +29,6 @@ from semiseg.segmentation.layouts import (
     list_val_images,
     make_splits,
     parse_labeled_amount,
-    resolve_split,
 )
 
 W, H = 40, 30
@@ -198,29 +200,49 @@ def test_label_budgets_parse_and_round_down() -> None:
         parse_labeled_amount("a lot")
 
 
-def test_resolve_split_reads_official_folder_with_val_in_parent(tmp_path: Path) -> None:
+def _split_cfg(root: Path, split: Path | str, *extra: str):
+    return load_config(None, [f"data.root={root}", f"data.split={split}", "data.crop_size=28", *extra])
+
+
+def test_the_official_split_folder_works_with_val_in_its_parent(tmp_path: Path) -> None:
     official = tmp_path / "splits" / "pascal"
     (official / "92").mkdir(parents=True)
     for name in ("92/labeled.txt", "92/unlabeled.txt", "val.txt"):
         (official / name).write_text("JPEGImages/2007_000032.jpg SegmentationClass/2007_000032.png\n")
-    files = resolve_split("pascal", str(official / "92"), tmp_path / "datasets")
+    cfg = _split_cfg(tmp_path, official / "92")
+    files = split_lists(cfg, tmp_path, DataRequest("fit", unlabeled=True))
     assert files == SplitFiles(
         official / "92" / "labeled.txt", official / "92" / "unlabeled.txt", official / "val.txt"
+    )
+    assert split_lists(cfg, tmp_path, DataRequest("eval", unlabeled=False)) == SplitFiles(
+        None, None, official / "val.txt"
     )
     assert read_split_file(files.val)[0].mask == "SegmentationClass/2007_000032.png"
 
 
-def test_resolve_split_by_name_and_error_lists_existing_splits(tmp_path: Path) -> None:
+def test_split_names_are_looked_up_and_the_error_lists_existing_splits(tmp_path: Path) -> None:
     folder = tmp_path / "pascal" / "1_16"
     folder.mkdir(parents=True)
     (folder / "labeled.txt").write_text("a.jpg a.png\n")
-    (folder / "val.txt").write_text("b.jpg b.png\n")
-    files = resolve_split("pascal", "1_16", tmp_path)
-    assert files.unlabeled is None and files.val == folder / "val.txt"
+    assert find_split_folder("1_16", "pascal", datasets_dir=tmp_path) == folder
     with pytest.raises(SemisegError, match="available splits: 1_16"):
-        resolve_split("pascal", "1_8", tmp_path)
+        find_split_folder("1_8", "pascal", datasets_dir=tmp_path)
     with pytest.raises(SemisegError, match="does not exist"):
-        resolve_split("pascal", str(tmp_path / "no" / "such"), tmp_path)
+        find_split_folder(str(tmp_path / "no" / "such"), "pascal", datasets_dir=tmp_path)
+    assert find_split_folder("1_8", "pascal", datasets_dir=tmp_path, missing_ok=True) is None
+
+
+def test_evaluation_needs_only_an_evaluation_list(tmp_path: Path) -> None:
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "holdout.txt").write_text("a.jpg a.png\n")
+    request = DataRequest("eval", unlabeled=False)
+    named = _split_cfg(tmp_path, "never_made", "data.val_list=holdout")  # a name, found in the root's folders
+    with pytest.raises(SemisegError, match=r"list 'holdout' not found: no such file, and no holdout.txt in"):
+        split_lists(named, tmp_path, request)
+    by_path = _split_cfg(tmp_path, "never_made", f"data.val_list={tmp_path / 'lists' / 'holdout.txt'}")
+    assert split_lists(by_path, tmp_path, request).val == tmp_path / "lists" / "holdout.txt"
+    with pytest.raises(SemisegError, match="no evaluation list"):
+        split_lists(_split_cfg(tmp_path, "never_made"), tmp_path, request)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -349,7 +371,7 @@ def test_build_datasets_repeats_labeled_to_unlabeled_and_uses_unlabeled_root(tmp
     write_split_file(split / "labeled.txt", list_training_images("pascal", root))
     write_split_file(split / "unlabeled.txt", [SplitItem(f"u{k}.jpg") for k in range(5)])
     write_split_file(split / "val.txt", list_val_images("pascal", root))
-    files = resolve_split("pascal", str(split), tmp_path)
+    files = SplitFiles(split / "labeled.txt", split / "unlabeled.txt", split / "val.txt")
     labeled, unlabeled, val = build_segmentation_datasets(root, "pascal", files, 28, 21, unlabeled_root=extra)
     assert len(unlabeled) == 5 and len(labeled) == 5 and len(val) == 1
     batch = next(iter(torch.utils.data.DataLoader(unlabeled, batch_size=2)))

@@ -26,7 +26,6 @@ BUILDINGS = Task(
     name="building_footprints",
     title="building footprints",
     command="buildings",
-    num_images=1,
     fusion="identity",
     primary_metric="building_iou",
     scores=_iou_of_class_one,

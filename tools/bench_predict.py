@@ -1,7 +1,7 @@
 """Tile-and-predict throughput and memory on synthetic GeoTIFF scenes, beside the pure model time.
 
 For each scene size a child process (fresh peak RSS) writes a synthetic before/after pair (tiled, deflate), runs
-`semicd.geo.predict.predict_raster` end to end (reading in DataLoader workers, blending, streaming the class map and
+`semiseg.geo.predict.predict_raster` end to end (reading in DataLoader workers, blending, streaming the class map and
 probabilities to disk), then times the model alone on the same number of windows of random data, batch by batch.
 The difference is what reading, blending and writing add. Prints one JSON line per size.
 

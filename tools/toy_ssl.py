@@ -1,8 +1,8 @@
 """A semi-supervised toy problem that trains on a CPU in minutes: does unlabeled data help, end to end?
 
 It writes a synthetic `folder` dataset (textured shapes whose class is their texture and colour, see
-`semiseg.synthetic`), keeps a few images labeled and the rest unlabeled, trains each method through the real
-trainer (`semiseg.engine.trainer.train`) with the same `tiny` encoder, the same iteration budget and the same
+`semiseg.segmentation.synthetic`), keeps a few images labeled and the rest unlabeled, trains each method through the real
+trainer (`semiseg.train.loop.train`) with the same `tiny` encoder, the same iteration budget and the same
 seed, and prints a JSON table of final and best val mIoU per method, per seed and averaged.
 
 Fairness rules (so the comparison means something):
@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from semiseg.models.specs import encoder_spec
 
 # The toy recipe; every entry can be overridden with --set key=value.
 TOY_DEFAULTS = {
@@ -69,8 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="keep runs here (default: a temporary folder, deleted)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
-    if args.size % 14:
-        p.error(f"--size {args.size} is not a multiple of 14 (DINOv2 patch size)")
+    patch = encoder_spec(TOY_DEFAULTS["model.encoder"]).patch_size
+    if args.size % patch:
+        p.error(f"--size {args.size} is not a multiple of {patch} (the encoder's patch size)")
     return args
 
 

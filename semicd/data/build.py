@@ -7,38 +7,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from semicd import recipe
 from semicd.data.geotiff_pair import build_geotiff_pair_datasets
 from semicd.data.tiles import build_change_tile_datasets
-from semicd.recipe import CHANGE_CLASSES
 from semiseg.config import Config
 from semiseg.data.build import DataBundle, DataRequest, require_root
 from semiseg.data.geometry import geometry_from_config
-from semiseg.data.lists import find_split_folder
+from semiseg.data.lists import find_split_folder, resolve_list
 from semiseg.errors import SemisegError
+from semiseg.models.specs import encoder_spec
 
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet")
 
 
 def _classes(cfg: Config) -> list[str]:
-    return list(cfg.data.classes or CHANGE_CLASSES)
+    return list(cfg.data.classes or recipe.CHANGE_CLASSES)
 
 
 def build_change_tiles(cfg: Config, request: DataRequest) -> DataBundle:
     """A/B/label tiles and their name lists (`levir_cd`, `whu_cd`, `change_tiles`)."""
     d = cfg.data
     root = require_root(cfg)
-    split = find_split_folder(str(d.split), d.dataset, root) if d.split else None
+    split = (
+        find_split_folder(str(d.split), d.dataset, root, missing_ok=not request.training) if d.split else None
+    )
     if request.training and split is None:
         raise SemisegError(
             f"data.split is not set: make SemiCD splits with `semicd splits --root {root} --out {root / 'splits'}` "
             "and pass --set data.split=5%, or a folder holding labeled.txt/unlabeled.txt"
         )
-    eval_list = d.val_list or "test"
-    eval_arg = {"eval_names": eval_list} if Path(eval_list).suffix == ".txt" else {"eval_list": eval_list}
+    near = (split, split.parent if split else None, root)  # where list names are looked up, in this order
+    unlabeled = resolve_list(d.unlabeled_list, *near) if d.unlabeled_list else None
     labeled, unlabeled, val = build_change_tile_datasets(
-        root, split, unlabeled=d.unlabeled_list, unlabeled_root=d.unlabeled_root, geometry=geometry_from_config(cfg),
-        seed=cfg.train.seed, training=request.training, with_unlabeled=request.unlabeled, nsample=d.nsample,
-        **eval_arg,
+        root, split, unlabeled=unlabeled, eval_names=resolve_list(d.val_list or recipe.EVAL_LIST, *near),
+        unlabeled_root=d.unlabeled_root, geometry=geometry_from_config(cfg), seed=cfg.train.seed,
+        training=request.training, with_unlabeled=request.unlabeled, nsample=d.nsample,
     )  # fmt: skip
     return DataBundle(labeled, unlabeled, val, _classes(cfg))
 
@@ -53,7 +56,7 @@ def build_scene_pair(cfg: Config, request: DataRequest) -> DataBundle:
         d.before, d.after, label=None if is_vector else d.label, change_polygons=d.label if is_vector else None,
         window=d.window, areas=d.areas,
         fractions=None if d.areas else {"labeled": d.fractions[0], "val": d.fractions[1]},
-        min_valid=d.min_valid, bands=tuple(d.bands or (1, 2, 3)), geometry=geometry_from_config(cfg),
+        min_valid=d.min_valid, bands=tuple(d.bands or range(1, encoder_spec(cfg.model.encoder).bands + 1)), geometry=geometry_from_config(cfg),
         seed=cfg.train.seed, training=request.training, with_unlabeled=request.unlabeled, nsample=d.nsample,
     )  # fmt: skip
     if val is None:

@@ -14,6 +14,7 @@ rewritten).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,10 +24,10 @@ from tqdm import tqdm
 
 from semiseg.errors import SemisegError
 from semiseg.geo.pair import open_raster, stretch_for
-from semiseg.io import read_rgb, save_png_atomic, write_lines_atomic
+from semiseg.io import IMAGE_EXTENSIONS, read_rgb, save_png_atomic, write_lines_atomic
 
 from .geotiff_pair import to_uint8
-from .tiles import IMAGE_EXTENSIONS, label_to_binary, read_change_label
+from .tiles import label_to_binary, read_change_label
 
 LEVIR_SPLITS = ("train", "val", "test")
 WHU_SPLIT_FRACTIONS = (0.8, 0.1)  # train, val; the rest is test (5947 / 743 / 744 of 7434 tiles)
@@ -86,7 +87,7 @@ def prepare_levir(
         if not images:
             raise SemisegError(f"no images in {src / split / 'A'}: check the LEVIR-CD download")
         names = []
-        for path_a in tqdm(images, desc=f"LEVIR-CD {split}", unit="pair"):
+        for path_a in tqdm(images, desc=f"LEVIR-CD {split}", unit="pair", disable=not sys.stderr.isatty()):
             path_b, path_l = src / split / "B" / path_a.name, src / split / "label" / path_a.name
             for path in (path_b, path_l):
                 if not path.is_file():
@@ -149,7 +150,7 @@ def prepare_whu(
         _make_dirs(dst)
         digits = max(5, len(str(rows * cols)))
         names, summary = [], {"written": 0, "skipped": 0}
-        for r in tqdm(range(rows), desc="WHU-CD", unit="tile row"):
+        for r in tqdm(range(rows), desc="WHU-CD", unit="tile row", disable=not sys.stderr.isatty()):
             strip = Window(0, r * tile, cols * tile, tile)
             a = to_uint8(sources[0].read((1, 2, 3), window=strip), stretch[0])
             b = to_uint8(sources[1].read((1, 2, 3), window=strip), stretch[1])

@@ -19,9 +19,7 @@ from pathlib import Path
 
 from semiseg.data.lists import read_name_list
 from semiseg.errors import SemisegError
-from semiseg.io import write_lines_atomic
-
-from .tiles import IMAGE_EXTENSIONS
+from semiseg.io import IMAGE_EXTENSIONS, write_lines_atomic
 
 DEFAULT_PERCENTS = (5, 10, 20, 40)
 

@@ -25,9 +25,8 @@ from semiseg.data.geometry import GeometryConfig
 from semiseg.data.lists import find_list, read_name_list
 from semiseg.data.sample import CropDataset, Raw
 from semiseg.errors import SemisegError
-from semiseg.io import read_rgb
+from semiseg.io import IMAGE_EXTENSIONS, read_rgb
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 FOLDERS = ("A", "B", "label")
 
 

@@ -77,23 +77,29 @@ def read_name_list(path: str | Path) -> list[str]:
 
 
 def find_split_folder(
-    split: str, dataset: str, root: Path | None = None, datasets_dir: Path = DATASETS_DIR
-) -> Path:
+    split: str,
+    dataset: str,
+    root: Path | None = None,
+    datasets_dir: Path = DATASETS_DIR,
+    missing_ok: bool = False,
+) -> Path | None:
     """`data.split` as a folder path, or a split name under `datasets/<dataset>/` or `<root>/splits/`.
 
     A split that looks like a path (it has a separator) and is not there is an error, never a name lookup:
-    that would hide the typo.
+    that would hide the typo. `missing_ok`: return None instead (evaluation, which needs at most the split's
+    evaluation list, can find it elsewhere).
     """
     folder = Path(split).expanduser()
     if folder.is_dir():
         return folder
     named = [Path(datasets_dir) / dataset] + ([root / "splits"] if root is not None else [])
-    looks_like_path = os.sep in split or bool(os.altsep and os.altsep in split)
-    if looks_like_path and not any((n / split).is_dir() for n in named):
-        raise SemisegError(f"split folder {folder} does not exist; check data.split")
     for parent in named:
         if (parent / split).is_dir():
             return parent / split
+    if missing_ok:
+        return None
+    if os.sep in split or (os.altsep and os.altsep in split):
+        raise SemisegError(f"split folder {folder} does not exist; check data.split")
     available = sorted(
         str(p.parent.relative_to(parent))
         for parent in named
@@ -113,3 +119,16 @@ def find_list(filename: str, *folders: Path | None) -> Path | None:
         if folder is not None and (folder / filename).is_file():
             return folder / filename
     return None
+
+
+def resolve_list(value: str, *folders: Path | None) -> Path:
+    """A list option (`data.val_list`, `data.unlabeled_list`): a path to a file, or a list name such as `test`
+    found as `<name>.txt` in `folders` (the split folder, its parent, the data root), in that order."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path
+    found = find_list(f"{value}.txt", *folders)
+    if found is not None:
+        return found
+    searched = ", ".join(str(f) for f in folders if f is not None) or "no folder"
+    raise SemisegError(f"list {value!r} not found: no such file, and no {value}.txt in {searched}")

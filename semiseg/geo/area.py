@@ -12,9 +12,11 @@ the exact area of the pixel's latitude/longitude rectangle on the WGS84 ellipsoi
 from __future__ import annotations
 
 import math
+import warnings
 
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.errors import CRSError
 
 WGS84_A = 6378137.0
 WGS84_F = 1 / 298.257223563
@@ -37,7 +39,8 @@ def lat_lon_rectangle_area_m2(lat1: float, lat2: float, dlon: float) -> float:
 def pixel_area_m2(crs, transform: Affine, height: int, width: int) -> float:
     """Ground area of one pixel in m² (at the scene centre for a geographic CRS, where it varies).
 
-    Without a CRS the area is in the transform's units squared (nothing better is known).
+    Without a CRS, or with one that does not state its unit, the area is in the transform's units squared (nothing
+    better is known).
     """
     area = abs(transform.a * transform.e - transform.b * transform.d)
     if crs is None:
@@ -47,5 +50,12 @@ def pixel_area_m2(crs, transform: Affine, height: int, width: int) -> float:
         lon0, lat0 = transform @ (width / 2, height / 2)
         lon1, lat1 = transform @ (width / 2 + 1, height / 2 + 1)
         return lat_lon_rectangle_area_m2(lat0, lat1, abs(lon1 - lon0))
-    _, metres_per_unit = crs.linear_units_factor
+    try:
+        _, metres_per_unit = crs.linear_units_factor
+    except CRSError:  # local/engineering CRSs may not say their unit
+        warnings.warn(
+            f"the CRS does not state its linear unit: areas are in its own units squared ({crs})",
+            stacklevel=2,
+        )
+        return area
     return area * metres_per_unit**2

@@ -17,7 +17,7 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +81,14 @@ class Scene:
     @property
     def num_bands(self) -> int:
         return len(self.sources[0].bands)
+
+    def first_bands(self, n: int) -> Scene:
+        """The same scene reading only the first `n` of its selected bands."""
+        sources = tuple(
+            replace(s, bands=s.bands[:n], stretch=None if s.stretch is None else s.stretch[:n])
+            for s in self.sources
+        )
+        return replace(self, sources=sources)
 
 
 def open_source(source: RasterSource) -> rasterio.io.DatasetReaderBase:

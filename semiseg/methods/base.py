@@ -86,7 +86,7 @@ class Method:
         conf, plabel = probs.max(1)
         return conf, plabel, probs
 
-    iteration = 0  # set by the trainer before each step (schedules such as PrevMatch's λ need it)
+    iteration = 0  # set by TrainStep before each step (schedules such as PrevMatch's λ need it)
     total_iters = 1
 
     def set_progress(self, iteration: int, total_iters: int) -> None:

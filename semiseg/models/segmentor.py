@@ -14,9 +14,7 @@ import torch.nn.functional as F
 from semiseg.errors import SemisegError
 from semiseg.models.dpt import DPTHead
 from semiseg.models.encoder import Encoder
-from semiseg.models.specs import EncoderSpec, encoder_spec
-
-FUSIONS = {"identity": 1, "absdiff": 2}  # fusion -> images per sample
+from semiseg.models.specs import FUSIONS, EncoderSpec, encoder_spec
 
 
 def complementary_masks(

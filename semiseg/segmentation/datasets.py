@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +18,12 @@ from PIL import Image
 from semiseg.config import Config
 from semiseg.data.build import DataBundle, DataRequest, require_root
 from semiseg.data.geometry import IGNORE_INDEX, GeometryConfig, geometry_from_config
-from semiseg.data.lists import SplitItem, find_list, find_split_folder, read_split_file
+from semiseg.data.lists import SplitItem, find_list, find_split_folder, read_split_file, resolve_list
 from semiseg.data.sample import CropDataset, Raw
 from semiseg.errors import SemisegError
 from semiseg.io import atomic_path, read_rgb
 from semiseg.segmentation.benchmarks import class_names, dataset_info
-from semiseg.segmentation.layouts import SplitFiles, split_files_in
+from semiseg.segmentation.layouts import SplitFiles
 
 # ------------------------------------------------------------------------------------------------------
 # Reading files
@@ -263,43 +262,53 @@ def build_segmentation_datasets(
     return labeled, unlabeled, val
 
 
-def _list_path(value: str, *folders: Path | None) -> Path:
-    """A list option: a path to a file, or a list name (`val`) looked up as `<name>.txt` in `folders`."""
-    path = Path(value).expanduser()
-    if path.is_file() or path.suffix == ".txt":
-        return path
-    found = find_list(f"{value}.txt", *folders)
-    if found is None:
+def split_lists(cfg: Config, root: Path, request: DataRequest) -> SplitFiles:
+    """The list files a stage needs. Training needs `labeled.txt` (and `unlabeled.txt` when the method uses
+    unlabeled images) from the split folder; evaluation needs only the evaluation list: `data.val_list` (a path
+    or a list name) or the split's `val.txt`, here or one folder up (the official layout)."""
+    d = cfg.data
+    folder = (
+        find_split_folder(str(d.split), d.dataset, root, missing_ok=not request.training) if d.split else None
+    )
+    near = (folder, folder.parent if folder else None, root)
+    if request.training and folder is None:
         raise SemisegError(
-            f"no list {value!r}: no file {value} and no {value}.txt in the split folder or data root"
+            "data.split is not set: a split name (e.g. 92) or a folder with labeled.txt / val.txt"
         )
-    return found
+    if d.val_list:
+        val = resolve_list(d.val_list, *near)
+    elif folder is not None and (found := find_list("val.txt", folder, folder.parent)):
+        val = found
+    else:
+        where = (
+            f"in split folder {folder} nor in its parent"
+            if folder
+            else "(data.split and data.val_list are unset)"
+        )
+        raise SemisegError(f"no evaluation list: no val.txt {where}; set data.val_list or add val.txt")
+    if not request.training:
+        return SplitFiles(None, None, val)
+    labeled = folder / "labeled.txt"
+    if not labeled.is_file():
+        raise SemisegError(
+            f"split folder {folder} has no labeled.txt; a split folder holds labeled.txt, unlabeled.txt "
+            "(optional) and val.txt (here or in the parent folder)"
+        )
+    unlabeled = None
+    if request.unlabeled:
+        unlabeled = (
+            resolve_list(d.unlabeled_list, *near) if d.unlabeled_list else find_list("unlabeled.txt", folder)
+        )
+    return SplitFiles(labeled, unlabeled, val)
 
 
 def build_segmentation(cfg: Config, request: DataRequest) -> DataBundle:
     """The segmentation datasets a stage needs (`semiseg.data.build.build` calls this through the task)."""
     d = cfg.data
     root = require_root(cfg)
-    folder = find_split_folder(str(d.split), d.dataset, root) if d.split else None
-    if folder is not None:
-        files = split_files_in(folder, need_labeled=request.training)
-    elif d.val_list and not request.training:
-        files = SplitFiles(None, None, _list_path(d.val_list, root))
-    else:
-        raise SemisegError(
-            "data.split is not set: a split name (e.g. 92) or a folder with labeled.txt / val.txt"
-        )
-    if d.unlabeled_list:
-        files = replace(files, unlabeled=Path(d.unlabeled_list).expanduser())
-    if d.val_list:
-        files = replace(files, val=_list_path(d.val_list, folder, folder and folder.parent, root))
-    if not request.training:
-        files = replace(files, labeled=None, unlabeled=None)
-    elif not request.unlabeled:
-        files = replace(files, unlabeled=None)
     labeled, unlabeled, val = build_segmentation_datasets(
-        root, d.dataset, files, crop_size=d.crop_size, nclass=d.nclass, unlabeled_root=d.unlabeled_root,
-        geometry=geometry_from_config(cfg), seed=cfg.train.seed, ignore_mask_values=d.ignore_mask_values,
-        nsample=None if request.unlabeled else d.nsample,
+        root, d.dataset, split_lists(cfg, root, request), crop_size=d.crop_size, nclass=d.nclass,
+        unlabeled_root=d.unlabeled_root, geometry=geometry_from_config(cfg), seed=cfg.train.seed,
+        ignore_mask_values=d.ignore_mask_values, nsample=None if request.unlabeled else d.nsample,
     )  # fmt: skip
     return DataBundle(labeled, unlabeled, val, list(d.classes or class_names(d.dataset, d.nclass)))

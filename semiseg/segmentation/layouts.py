@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from semiseg.data.lists import DATASETS_DIR, SplitItem, find_list, find_split_folder, write_split_file
+from semiseg.data.lists import SplitItem, write_split_file
 from semiseg.errors import SemisegError
+from semiseg.io import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")
 
 
@@ -32,26 +32,6 @@ class SplitFiles:
     labeled: Path | None
     unlabeled: Path | None
     val: Path
-
-
-def split_files_in(folder: Path, need_labeled: bool = True) -> SplitFiles:
-    """The lists of a split folder; `val.txt` may sit in its parent (official layout)."""
-    labeled = folder / "labeled.txt"
-    if need_labeled and not labeled.is_file():
-        raise SemisegError(
-            f"split folder {folder} has no labeled.txt; a split folder holds labeled.txt, "
-            "unlabeled.txt (optional) and val.txt (here or in the parent folder)"
-        )
-    val = find_list("val.txt", folder, folder.parent)
-    if val is None:
-        raise SemisegError(f"no val.txt in split folder {folder} nor in its parent {folder.parent}; add one")
-    unlabeled = folder / "unlabeled.txt"
-    return SplitFiles(labeled if labeled.is_file() else None, unlabeled if unlabeled.is_file() else None, val)
-
-
-def resolve_split(dataset: str, split: str | Path, datasets_dir: str | Path = DATASETS_DIR) -> SplitFiles:
-    """The list files of `split`: a folder path, or a split name under `datasets_dir/<dataset>/`."""
-    return split_files_in(find_split_folder(str(split), dataset, datasets_dir=Path(datasets_dir)))
 
 
 # ------------------------------------------------------------------------------------------------------

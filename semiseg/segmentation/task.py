@@ -32,7 +32,6 @@ TASK = Task(
     name="segmentation",
     title="segmentation",
     command="semiseg",
-    num_images=1,
     fusion="identity",
     primary_metric="miou",
     scores=_scores,

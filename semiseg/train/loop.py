@@ -27,6 +27,7 @@ from semiseg.train.distributed import DistInfo, cleanup, init_distributed
 from semiseg.train.run_log import RunLog
 from semiseg.train.sampler import EpochSampler, ShardSampler
 from semiseg.train.state import (
+    SAMPLE_KEYING,
     TrainState,
     check_resume_compatible,
     checkpoint_payload,
@@ -113,10 +114,14 @@ def _fit(cfg: Config, out: Path, info: DistInfo, device: torch.device, progress:
         dump_config(cfg, out / "config.yaml")
     total_iters = loaders.iters_per_epoch * cfg.train.epochs
     step = TrainStep.from_config(cfg, device, total_iters, info, pretrained=ckpt is None)
-    state = TrainState()
+    state = TrainState(total_iters=total_iters)
     if ckpt is not None:
         state = restore(ckpt, step, info)
         log.info(f"resumed from {latest} at epoch {state.epoch}, iteration {state.iteration}")
+        if ckpt.get("sample_keying") != SAMPLE_KEYING:
+            log.info(
+                "note: this run began before training crops were keyed per stream; it resumes with the new keying"
+            )
     log.info(
         f"{task.name} | {cfg.method.name}{''.join('+' + e for e in cfg.method.extras)} | "
         f"encoder {cfg.model.encoder} | {sum(p.numel() for p in step.model.parameters()) / 1e6:.1f}M params | "

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from semiseg.io import atomic_path
+
 
 def make_logger(out: Path, is_main: bool) -> logging.Logger:
     logger = logging.getLogger(f"semiseg.run.{out.resolve()}")
@@ -110,10 +112,9 @@ class RunLog:
         if ax2.lines:
             ax2.legend()
         fig.tight_layout()
-        tmp = self.out / ".curves.png.tmp.png"
-        fig.savefig(tmp, dpi=100)
+        with atomic_path(self.out / "curves.png") as tmp:
+            fig.savefig(tmp, dpi=100)
         plt.close(fig)
-        tmp.replace(self.out / "curves.png")
 
     def close(self) -> None:
         if self.writer is not None:

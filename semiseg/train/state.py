@@ -16,11 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from semiseg.config import Config
+from semiseg.config import Config, lookup
 from semiseg.errors import SemisegError
 from semiseg.io import atomic_path
 from semiseg.models.checkpoints import CHECKPOINT_FORMAT
 from semiseg.train.distributed import DistInfo
+
+# How training crops are keyed (semiseg.data.sample). Checkpoints from before this was recorded keyed segmentation
+# crops on (seed, epoch, index): they resume, but draw different crops from then on.
+SAMPLE_KEYING = "seed,stream,index,epoch"
 
 # Settings that change what the weights mean: a resumed run must agree on them.
 FIXED_ON_RESUME = ("task", "data.nclass", "model.encoder", "method.name")
@@ -31,6 +35,7 @@ class TrainState:
     epoch: int = 0  # epochs completed
     iteration: int = 0  # optimiser steps done
     batch_in_epoch: int = 0  # steps done inside the current epoch (non-zero after a max_iters stop)
+    total_iters: int = 0  # length of the LR schedule; 0 in checkpoints written before it was recorded
     # value/source/epoch of the best evaluation, and last_<model> (the latest score of each evaluated model)
     best: dict[str, Any] = field(default_factory=dict)
 
@@ -53,19 +58,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return obj
 
 
-def _get(cfg_dict: dict, dotted: str) -> Any:
-    node: Any = cfg_dict
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
 def check_resume_compatible(saved: dict, cfg: Config, path: Path) -> None:
     now = cfg.to_dict()
     for key in FIXED_ON_RESUME:
-        if _get(saved, key) != _get(now, key):
+        if lookup(saved, key) != lookup(now, key):
             raise SemisegError(
-                f"{path} was trained with {key}={_get(saved, key)!r} but the config says {_get(now, key)!r}: "
+                f"{path} was trained with {key}={lookup(saved, key)!r} but the config says {lookup(now, key)!r}: "
                 "use a new --out folder to start a different run"
             )
 
@@ -122,6 +120,7 @@ def checkpoint_payload(
         "method": step.method.state_dict(),
         "state": dataclasses.asdict(state),
         "rng": rng,
+        "sample_keying": SAMPLE_KEYING,
         "config": cfg.to_dict(),
         "meta": {
             "task": cfg.task,
@@ -137,7 +136,17 @@ def checkpoint_payload(
 
 
 def restore(ckpt: dict[str, Any], step: Any, info: DistInfo) -> TrainState:
-    """Put a checkpoint's weights, optimiser, method state and this rank's RNGs back; return its position."""
+    """Put a checkpoint's weights, optimiser, method state and this rank's RNGs back; return its position.
+
+    A run whose schedule length changed (other data, batch size or epochs) is refused: its learning rate would
+    jump in the middle of training.
+    """
+    saved = ckpt["state"].get("total_iters", 0)
+    if saved and saved != step.total_iters:
+        raise SemisegError(
+            f"this run was started with a schedule of {saved} iterations, but the data and config now give "
+            f"{step.total_iters}: resume with the same data, batch size and epochs, or use a new --out folder"
+        )
     step.model.load_state_dict(ckpt["model"])
     if step.ema is not None and ckpt.get("ema") is not None:
         step.ema.load_state_dict(ckpt["ema"])
@@ -146,4 +155,4 @@ def restore(ckpt: dict[str, Any], step: Any, info: DistInfo) -> TrainState:
         step.scaler.load_state_dict(ckpt["scaler"])
     step.method.load_state_dict(ckpt.get("method") or {})
     set_rng_state(ckpt["rng"][info.rank] if info.rank < len(ckpt["rng"]) else ckpt["rng"][0])
-    return TrainState(**ckpt["state"])
+    return TrainState(**{**ckpt["state"], "total_iters": step.total_iters})

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from semiseg.config import Config
+from semiseg.devices import AMP_DTYPES
 from semiseg.errors import SemisegError
 from semiseg.methods.base import Batch, Method, Models
 from semiseg.models.segmentor import Segmentor, build_model
@@ -41,8 +42,6 @@ from semiseg.task import get_task
 from semiseg.train.distributed import DistInfo, broadcast_flag
 from semiseg.train.ema import EMA
 from semiseg.train.optim import build_optimizer, lr_for_step, set_lr
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(SemisegError):
