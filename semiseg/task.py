@@ -24,9 +24,13 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from semiseg.errors import SemisegError, did_you_mean
-from semiseg.models.specs import FUSIONS
 
 ENTRY_POINT_GROUP = "semiseg.tasks"
+
+# The ways the model (`semiseg.models.segmentor.Segmentor`) combines the features of one sample's images, and how
+# many images each takes: `identity` for one image, `absdiff` (|f_A - f_B| per tapped layer, one encoder for both
+# dates) for a before/after pair.
+FUSIONS: dict[str, int] = {"identity": 1, "absdiff": 2}
 
 
 @dataclass(frozen=True)

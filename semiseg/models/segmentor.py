@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from semiseg.errors import SemisegError
 from semiseg.models.dpt import DPTHead
 from semiseg.models.encoder import Encoder
-from semiseg.models.specs import FUSIONS, EncoderSpec, encoder_spec
+from semiseg.models.specs import EncoderSpec, encoder_spec
+from semiseg.task import FUSIONS
 
 
 def complementary_masks(

@@ -88,11 +88,6 @@ ENCODER_SPECS: dict[str, EncoderSpec] = {
 }  # fmt: skip
 
 
-# How a model combines the features of the images of one sample -> how many images that is: `identity` for one
-# image, `absdiff` (|f_A - f_B| per tapped layer, one encoder for both dates) for a before/after pair.
-FUSIONS: dict[str, int] = {"identity": 1, "absdiff": 2}
-
-
 def encoder_spec(name: str) -> EncoderSpec:
     if name not in ENCODER_SPECS:
         raise SemisegError(f"unknown encoder size {name!r}: choose one of {', '.join(ENCODER_SPECS)}")
