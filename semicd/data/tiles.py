@@ -208,7 +208,7 @@ def build_change_tile_datasets(
     labeled: Sequence[str] | str | Path | None = None,
     unlabeled: Sequence[str] | str | Path | None = None,
     eval_names: Sequence[str] | str | Path | None = None,
-    eval_list: str = "test",
+    eval_list: str = recipe.EVAL_LIST,
     unlabeled_root: str | Path | None = None,
     crop_size: int | None = None,
     geometry: GeometryConfig | None = None,
