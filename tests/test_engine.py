@@ -252,6 +252,8 @@ def test_the_trainer_is_its_training_step_driven_over_its_loaders(tmp_path):
     step = TrainStep.from_config(cfg, torch.device("cpu"), loaders.iters_per_epoch * cfg.train.epochs)
     step.model.train()
     for iteration, (labeled, unlabeled) in enumerate(loaders.epoch(0, 0)):
+        if iteration == 2:  # the sample dicts a DataLoader yields work too
+            labeled, unlabeled = (vars(b) for b in (labeled, unlabeled))
         logs = step(labeled, unlabeled, iteration)
     assert iteration + 1 == 4 and set(logs) >= {"loss", "loss_x", "loss_u", "mask_ratio", "lr"}
     for part, state in (("model", step.model.state_dict()), ("ema", step.ema.state_dict())):

@@ -3,11 +3,13 @@
 The trainer loop, `tools/bench_train_step.py` and external parity checks all drive this same object, so what is
 measured and checked is what trains.
 
+    cfg = load_config("configs/levir_cd.yaml", ["model.weights=null"])   # or any config
     step = TrainStep.from_config(cfg, device, total_iters)
     logs = step(labeled, unlabeled, iteration)
 
-`labeled` and `unlabeled` are `semiseg.methods.base.Batch` objects on the device (`Batch.from_loader(sample,
-device)`; uint8 images, one tensor per date); `unlabeled` is None for supervised training. `iteration` is the
+`labeled` and `unlabeled` are `semiseg.methods.base.Batch` objects (uint8 images, one tensor per date; long
+labels with 255 = ignore; `ignore` 255 where padded), or the sample dicts a DataLoader yields, which are moved to
+the step's device; `unlabeled` is None for supervised training. `iteration` is the
 0-based index of this optimiser step in the whole run; it sets the learning rate, the EMA ratio and schedules
 such as PrevMatch's λ. The returned logs are tensors (plus the learning rate) so that no value is read back from
 the accelerator here: the caller reads them only when it logs.
@@ -112,8 +114,12 @@ class TrainStep:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def __call__(self, labeled: Batch, unlabeled: Batch | None, iteration: int) -> dict[str, Any]:
+    def __call__(self, labeled: Batch | dict, unlabeled: Batch | dict | None, iteration: int) -> dict[str, Any]:
         cfg = self.cfg
+        if isinstance(labeled, dict):
+            labeled = Batch.from_loader(labeled, self.device)
+        if isinstance(unlabeled, dict):
+            unlabeled = Batch.from_loader(unlabeled, self.device)
         set_lr(self.optimizer, lr_for_step(cfg.optim, iteration, self.total_iters), cfg.optim.lr_multi)
         self.method.set_progress(iteration, self.total_iters)
         with self._autocast():
