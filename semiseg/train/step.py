@@ -114,7 +114,9 @@ class TrainStep:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def __call__(self, labeled: Batch | dict, unlabeled: Batch | dict | None, iteration: int) -> dict[str, Any]:
+    def __call__(
+        self, labeled: Batch | dict, unlabeled: Batch | dict | None, iteration: int
+    ) -> dict[str, Any]:
         cfg = self.cfg
         if isinstance(labeled, dict):
             labeled = Batch.from_loader(labeled, self.device)
