@@ -68,7 +68,7 @@ def test_user_errors_are_one_line_with_non_zero_exit(cmd, message, tmp_path):
 
 
 def _geotiff(path: Path, array: np.ndarray) -> None:
-    profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=3, dtype="uint8",
+    profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0], dtype="uint8",
                    crs="EPSG:32618", transform=from_origin(500000, 4000000, 0.5, 0.5))  # fmt: skip
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(array)
@@ -347,11 +347,7 @@ def test_scene_bands_default_to_what_the_model_takes(tmp_path, capsys):
     checkpoint = export_model(build_model("tiny", 3), tmp_path / "seg")
     rng = np.random.default_rng(0)
     for bands in (4, 1):
-        path = tmp_path / f"b{bands}.tif"
-        profile = dict(driver="GTiff", width=30, height=30, count=bands, dtype="uint8", crs="EPSG:32618",
-                       transform=from_origin(500000, 4000000, 0.5, 0.5))  # fmt: skip
-        with rasterio.open(path, "w", **profile) as ds:
-            ds.write(rng.integers(0, 255, (bands, 30, 30), dtype=np.uint8))
+        _geotiff(tmp_path / f"b{bands}.tif", rng.integers(0, 255, (bands, 30, 30), dtype=np.uint8))
     common = ["--checkpoint", str(checkpoint), "--window", "28", "--workers", "0"]
     assert (
         semiseg_main(
