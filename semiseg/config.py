@@ -395,6 +395,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
     for text in overrides:
         path, value = parse_override(text)
+        if path == ["base"]:
+            raise SemisegError("base is read from config files only: write `base: other.yaml` in the config you pass")
         node = raw
         for part in path[:-1]:
             child = node.get(part)

@@ -55,6 +55,7 @@ def test_overrides_parse_yaml_values_and_nested_keys():
         ("method.extras=[prevmach]", r"did you mean 'prevmatch'"),
         ("task=change_detection;data.nclass=3", "2 classes"),
         ("nokey", "key=value"),
+        ("base=pascal.yaml", "base is read from config files only"),
     ],
 )
 def test_config_mistakes_are_named(override, message):
