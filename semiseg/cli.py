@@ -40,8 +40,9 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     try:
         return int(args.handler(args) or 0)
     except SemisegError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
+        code = getattr(err, "exit_code", None)  # a clean stop on a signal is not an error in the input
+        print(f"{parser.prog}: {'' if code else 'error: '}{err}", file=sys.stderr)
+        return code or 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
@@ -92,7 +93,7 @@ def cmd_train(task: Task) -> Handler:
             raise SemisegError("--out is required: the run folder (config.yaml, logs, metrics, checkpoints)")
         from semiseg.train.loop import train
 
-        result = train(cfg, Path(args.out))
+        result = train(cfg, Path(args.out), force=args.force)
         print(json.dumps({"out": str(args.out), "best": result["best"]}))
         return 0
 
@@ -167,6 +168,11 @@ def make_parser(task: Task, description: str) -> tuple[argparse.ArgumentParser, 
     )
     add_config_args(p, config_required=True)
     p.add_argument("--out", help="run folder: config.yaml, log.txt, metrics.csv, checkpoints")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="resume even when the method or the schedule's length changed (each segment's config is kept)",
+    )
     p.add_argument(
         "--print-config",
         action="store_true",

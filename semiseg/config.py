@@ -396,7 +396,9 @@ def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> dic
     for text in overrides:
         path, value = parse_override(text)
         if path == ["base"]:
-            raise SemisegError("base is read from config files only: write `base: other.yaml` in the config you pass")
+            raise SemisegError(
+                "base is read from config files only: write `base: other.yaml` in the config you pass"
+            )
         node = raw
         for part in path[:-1]:
             child = node.get(part)

@@ -183,6 +183,10 @@ def test_prevmatch_term_is_the_unlabeled_loss_against_the_cutmixed_snapshot_labe
     method = build_method(cfg, IMAGENET_MEAN, IMAGENET_STD)
     extra = method.extras[0]
     model, old = build_model("tiny", 3), build_model("tiny", 3)
+    with (
+        torch.no_grad()
+    ):  # a confident snapshot, so some of its pixels pass the 0.4 threshold whatever the init
+        old.head.output[2].weight.mul_(50.0)
     models = Models(student=model, teacher=model, raw_student=model)
     ctx = _context(method, models, n_dates=1, iteration=25)
     assert extra.loss(ctx) is None  # no snapshot yet: the base loss alone

@@ -129,14 +129,14 @@ def open_raster(path: str | os.PathLike, what: str = "input raster") -> rasterio
         raise SemisegError(f"{what} {p} is a folder; pass a GeoTIFF (or any GDAL raster) file")
     try:
         ds = rasterio.open(p)
-    except RasterioError as exc:
+    except (RasterioError, OSError) as exc:  # older rasterio raises its IO errors as OSError only
         raise SemisegError(
             f"{what} {p} is not a readable raster ({_first_line(exc)}); pass a GeoTIFF file"
         ) from exc
     try:
         # A tiny decimated read touches the file's structure, so a truncated/corrupt TIFF fails here, early.
         ds.read(1, out_shape=(min(ds.height, 64), min(ds.width, 64)))
-    except RasterioError as exc:
+    except (RasterioError, OSError) as exc:
         ds.close()
         raise SemisegError(f"{p} cannot be read, it may be corrupt ({_first_line(exc)})") from exc
     return ds

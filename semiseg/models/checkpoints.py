@@ -118,8 +118,11 @@ def _read_checkpoint_file(path: Path) -> Any:
             "and plain values, which safe (weights_only) loading refuses"
         ) from None
     except Exception as err:
+        detail = (str(err).strip().splitlines() or [""])[0][
+            :120
+        ]  # some errors (an empty file) have no message
         raise SemisegError(
-            f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+            f"{path} is not a readable checkpoint ({type(err).__name__}{': ' + detail if detail else ''})"
         ) from None
 
 

@@ -17,19 +17,21 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from semiseg.config import Config, dump_config
+from semiseg.config import Config
 from semiseg.data.build import DataBundle, build
 from semiseg.errors import SemisegError
 from semiseg.inference import evaluate
 from semiseg.methods.base import Batch
 from semiseg.task import Task, get_task
 from semiseg.train.distributed import DistInfo, cleanup, init_distributed
+from semiseg.train.run_folder import RunFolder
 from semiseg.train.run_log import RunLog
 from semiseg.train.sampler import EpochSampler, ShardSampler
+from semiseg.train.signals import RunInterrupted, StopRequest
 from semiseg.train.state import (
     SAMPLE_KEYING,
     TrainState,
-    check_resume_compatible,
+    check_resume,
     checkpoint_payload,
     gather_rng,
     load_checkpoint,
@@ -40,12 +42,19 @@ from semiseg.train.state import (
 from semiseg.train.step import NonFiniteLossError, TrainStep, format_logs
 
 
-def train(cfg: Config, out: str | Path, progress: bool | None = None) -> dict[str, Any]:
-    """Train (or resume, when `out/latest.pt` exists) and return the final state and best metrics."""
+def train(cfg: Config, out: str | Path, progress: bool | None = None, force: bool = False) -> dict[str, Any]:
+    """Train (or resume, when `out/latest.pt` exists) and return the final state and best metrics.
+
+    `force`: resume even when the method or the schedule's length changed (`semiseg.train.state.check_resume`).
+    SIGTERM or Ctrl-C stop after the current step with the state saved (`RunInterrupted`); run again to resume.
+    """
     info, device = init_distributed(cfg.train.device)
+    folder = RunFolder(Path(out), info.is_main)
     try:
-        return _fit(cfg, Path(out), info, device, progress)
+        with StopRequest() as stop:
+            return _fit(cfg, folder, info, device, progress, force, stop)
     finally:
+        folder.close()
         cleanup(info)
 
 
@@ -73,11 +82,17 @@ class TrainLoaders:
                 f"fewer training samples per process than one batch ({self.batch_l}): lower data.batch_size or add data"
             )
 
-    def _loader(self, ds: Any, batch_size: int, sampler: Any, workers: int, drop_last: bool) -> DataLoader:
+    def _loader(
+        self, ds: Any, batch_size: int, sampler: Any, workers: int, drop_last: bool, key: int
+    ) -> DataLoader:
+        # A loader draws a seed for its workers when it is iterated. From its own generator, keyed on the run's seed,
+        # the epoch and the stream, that draw leaves the global generator the training step draws from alone, so a
+        # run resumed mid-epoch (whose loaders start at another moment) draws what the uninterrupted run drew.
         return DataLoader(
             ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=self.device.type == "cuda",
             drop_last=drop_last,
             persistent_workers=False,  # workers must pick up the dataset's per-epoch seed
+            generator=torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + key),
         )  # fmt: skip
 
     def epoch(self, epoch: int, start: int) -> Iterator[tuple[Batch, Batch | None]]:
@@ -86,37 +101,45 @@ class TrainLoaders:
         if self.sampler_u is not None:
             streams.append((self.sampler_u, self.data.unlabeled, self.batch_u))
         loaders = []
-        for sampler, ds, b in streams:
+        for stream, (sampler, ds, b) in enumerate(streams):
             sampler.set_epoch(epoch, start * b)
             ds.set_epoch(epoch)
-            loaders.append(iter(self._loader(ds, b, sampler, self.cfg.data.workers, True)))
+            loaders.append(
+                iter(self._loader(ds, b, sampler, self.cfg.data.workers, True, 2 * epoch + stream))
+            )
         for _ in range(start, self.iters_per_epoch):
             batches = [Batch.from_loader(next(it), self.device) for it in loaders]
             yield batches[0], (batches[1] if len(batches) > 1 else None)
 
     def val_loader(self, info: DistInfo) -> DataLoader:
         sampler = ShardSampler(len(self.data.val), info.rank, info.world_size)
-        return self._loader(self.data.val, 1, sampler, min(self.cfg.data.workers, 2), False)
+        return self._loader(self.data.val, 1, sampler, min(self.cfg.data.workers, 2), False, -1)
 
 
-def _fit(cfg: Config, out: Path, info: DistInfo, device: torch.device, progress: bool | None) -> dict:
-    task = get_task(cfg.task)
+def _fit(
+    cfg: Config,
+    folder: RunFolder,
+    info: DistInfo,
+    device: torch.device,
+    progress: bool | None,
+    force: bool,
+    stop: StopRequest,
+) -> dict:
+    task, out = get_task(cfg.task), folder.out
+    folder.check_free()  # another live run owns the folder: refuse before doing anything
     latest = out / "latest.pt"
     ckpt = load_checkpoint(latest) if latest.exists() else None
-    if ckpt is not None:
-        check_resume_compatible(ckpt["config"], cfg, latest)
     seed_all(cfg.train.seed * 1000 + info.rank)
-    data = build(cfg, "fit")  # bad data fails here, before anything is written to `out`
+    data = build(cfg, "fit")  # bad data fails here
     loaders = TrainLoaders(data, cfg, info, device)
-    out.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out, info.is_main)
-    if info.is_main:
-        dump_config(cfg, out / "config.yaml")
     total_iters = loaders.iters_per_epoch * cfg.train.epochs
-    step = TrainStep.from_config(cfg, device, total_iters, info, pretrained=ckpt is None)
-    state = TrainState(total_iters=total_iters)
+    changes = check_resume(ckpt, cfg, latest, total_iters, force) if ckpt is not None else []
+    step = TrainStep.from_config(
+        cfg, device, total_iters, info, pretrained=ckpt is None
+    )  # and bad weights here
+    state = restore(ckpt, step, info) if ckpt is not None else TrainState(total_iters=total_iters)
+    log = folder.open(cfg, changes, state.iteration if ckpt is not None else None)  # the first write to `out`
     if ckpt is not None:
-        state = restore(ckpt, step, info)
         log.info(f"resumed from {latest} at epoch {state.epoch}, iteration {state.iteration}")
         if ckpt.get("sample_keying") != SAMPLE_KEYING:
             log.info(
@@ -127,6 +150,10 @@ def _fit(cfg: Config, out: Path, info: DistInfo, device: torch.device, progress:
         f"encoder {cfg.model.encoder} | {sum(p.numel() for p in step.model.parameters()) / 1e6:.1f}M params | "
         f"{loaders.iters_per_epoch} iters/epoch x {cfg.train.epochs} epochs | {info.world_size} process(es) on {device}"
     )
+    if step.ema is not None and cfg.method.teacher == "student":
+        log.info(
+            "the student makes the pseudo-labels: the EMA model is kept and evaluated for information only"
+        )
 
     def save(path: Path) -> None:
         rng = gather_rng(info)  # collective: every rank calls save()
@@ -162,10 +189,15 @@ def _fit(cfg: Config, out: Path, info: DistInfo, device: torch.device, progress:
             if cfg.train.max_iters is not None and state.iteration >= cfg.train.max_iters:
                 stopped_early = True
                 break
+            if stop.requested(info, device):
+                break
         if bar is not None:
             bar.close()
         log.info(f"epoch {epoch + 1}/{cfg.train.epochs}: {format_logs(logs)} ({time.time() - t0:.1f}s)")
         epoch_done = state.batch_in_epoch >= loaders.iters_per_epoch
+        if stop.signum is not None and not epoch_done:  # mid-epoch: save where we are, nothing else
+            save(latest)
+            raise _interrupted(stop, state, latest, log)
         if epoch_done:
             state.epoch, state.batch_in_epoch = epoch + 1, 0
         due = epoch_done and (state.epoch % cfg.train.eval_every == 0 or state.epoch == cfg.train.epochs)
@@ -189,6 +221,16 @@ def _fit(cfg: Config, out: Path, info: DistInfo, device: torch.device, progress:
     log.plot_curves(task.primary_metric)
     log.close()
     return {"state": state, "best": dict(state.best)}
+
+
+def _interrupted(stop: StopRequest, state: TrainState, latest: Path, log: RunLog) -> RunInterrupted:
+    message = (
+        f"stopped by {stop.name} at iteration {state.iteration} (epoch {state.epoch}, batch {state.batch_in_epoch}); "
+        f"the state is in {latest}: run the same command to resume"
+    )
+    log.info(message)
+    log.close()
+    return RunInterrupted(message, stop.signum)
 
 
 def _progress(total: int, start: int, epoch: int, epochs: int, show: bool):

@@ -32,7 +32,7 @@ def make_logger(out: Path, is_main: bool) -> logging.Logger:
 
 
 class RunLog:
-    def __init__(self, out: Path, is_main: bool) -> None:
+    def __init__(self, out: Path, is_main: bool, purge_step: int | None = None) -> None:
         self.out = out
         self.is_main = is_main
         self.logger = make_logger(out, is_main)
@@ -42,7 +42,7 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(out / "tb"))
+                self.writer = SummaryWriter(str(out / "tb"), purge_step=purge_step)
             except Exception as err:  # tensorboard missing or broken: keep training, say so once
                 self.logger.info(f"TensorBoard disabled ({type(err).__name__}: {err})")
 

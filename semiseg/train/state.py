@@ -21,13 +21,16 @@ from semiseg.errors import SemisegError
 from semiseg.io import atomic_path
 from semiseg.models.checkpoints import CHECKPOINT_FORMAT
 from semiseg.train.distributed import DistInfo
+from semiseg.train.run_folder import config_changes
 
 # How training crops are keyed (semiseg.data.sample). Checkpoints from before this was recorded keyed segmentation
 # crops on (seed, epoch, index): they resume, but draw different crops from then on.
 SAMPLE_KEYING = "seed,stream,index,epoch"
 
-# Settings that change what the weights mean: a resumed run must agree on them.
-FIXED_ON_RESUME = ("task", "data.nclass", "model.encoder", "method.name")
+# Settings that decide what the weights are: a resumed run must agree on them.
+FIXED_ON_RESUME = ("task", "data.nclass", "model.encoder")
+# Settings a resume changes only with consent (`--force`), besides the schedule's length.
+CONSENT_ON_RESUME = ("method.name",)
 
 
 @dataclass
@@ -58,14 +61,38 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return obj
 
 
-def check_resume_compatible(saved: dict, cfg: Config, path: Path) -> None:
-    now = cfg.to_dict()
+def check_resume(ckpt: dict[str, Any], cfg: Config, path: Path, total_iters: int, force: bool) -> list:
+    """What changed since the checkpoint's segment, as (key, before, now); refuses what a resume cannot honour.
+
+    The task, class count and encoder decide what the weights are: a change there needs a new run. A different
+    method or schedule length (other data, batch size or epochs: the learning rate would jump) needs `force`.
+    Anything else is allowed; the caller logs it and keeps the new segment's config.
+    """
+    changes = config_changes(ckpt["config"], cfg.to_dict())
+    changed = {key for key, _, _ in changes}
     for key in FIXED_ON_RESUME:
-        if lookup(saved, key) != lookup(now, key):
+        if key in changed:
             raise SemisegError(
-                f"{path} was trained with {key}={lookup(saved, key)!r} but the config says {lookup(now, key)!r}: "
-                "use a new --out folder to start a different run"
+                f"{path} was trained with {key}={lookup(ckpt['config'], key)!r} but the config says "
+                f"{lookup(cfg.to_dict(), key)!r}: use a new --out folder to start a different run"
             )
+    needs = [
+        f"{k}: {lookup(ckpt['config'], k)!r} -> {lookup(cfg.to_dict(), k)!r}"
+        for k in CONSENT_ON_RESUME
+        if k in changed
+    ]
+    saved_iters = ckpt["state"].get("total_iters", 0)
+    if saved_iters and saved_iters != total_iters:
+        needs.append(
+            f"a schedule of {saved_iters} iterations -> {total_iters} (other data, batch size or epochs: the "
+            "learning rate would jump)"
+        )
+    if needs and not force:
+        raise SemisegError(
+            f"resuming {path} would change {'; '.join(needs)}: resume with the same settings, use a new --out, or "
+            "pass --force to resume anyway (each segment's config is kept)"
+        )
+    return changes
 
 
 def rng_state() -> dict[str, Any]:
@@ -136,17 +163,8 @@ def checkpoint_payload(
 
 
 def restore(ckpt: dict[str, Any], step: Any, info: DistInfo) -> TrainState:
-    """Put a checkpoint's weights, optimiser, method state and this rank's RNGs back; return its position.
-
-    A run whose schedule length changed (other data, batch size or epochs) is refused: its learning rate would
-    jump in the middle of training.
-    """
-    saved = ckpt["state"].get("total_iters", 0)
-    if saved and saved != step.total_iters:
-        raise SemisegError(
-            f"this run was started with a schedule of {saved} iterations, but the data and config now give "
-            f"{step.total_iters}: resume with the same data, batch size and epochs, or use a new --out folder"
-        )
+    """Put a checkpoint's weights, optimiser, method state and this rank's RNGs back; return its position (the
+    schedule length is the current one: `check_resume` has decided whether it may differ)."""
     step.model.load_state_dict(ckpt["model"])
     if step.ema is not None and ckpt.get("ema") is not None:
         step.ema.load_state_dict(ckpt["ema"])

@@ -1,0 +1,154 @@
+"""Run folders you can trust: one run at a time, every segment's config kept, no duplicate rows, clean stops."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from fakes import make_segmentation_benchmark
+
+from semiseg.config import load_config
+from semiseg.errors import SemisegError
+from semiseg.train.loop import train
+from semiseg.train.run_folder import LOCK_NAME
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sets(split: Path, *extra: str) -> list[str]:
+    return [
+        "data.dataset=folder", f"data.root={split.parent / 'data'}", f"data.split={split}", "data.nclass=3",
+        "data.crop_size=28", "data.batch_size=2", "data.workers=0", "model.encoder=tiny", "model.weights=null",
+        "method.conf_thresh=0.5",
+        "train.epochs=2", "optim.lr=1e-4", *extra,
+    ]  # fmt: skip
+
+
+def _cfg(split: Path, *extra: str):
+    return load_config(None, _sets(split, *extra))
+
+
+def _rows(out: Path) -> list[dict]:
+    return list(csv.DictReader(open(out / "metrics.csv")))
+
+
+def test_a_second_run_on_a_busy_folder_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    out = tmp_path / "run"
+    out.mkdir()
+    busy = {
+        "pid": os.getppid(),
+        "host": os.uname().nodename,
+        "started": "2026-12-01 10:00:00",
+    }  # alive: pytest's parent
+    (out / LOCK_NAME).write_text(json.dumps(busy))
+    with pytest.raises(
+        SemisegError, match=rf"in use by process {busy['pid']} on .* since 2026-12-01 10:00:00"
+    ):
+        train(_cfg(split), out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # the refused run wrote nothing
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / LOCK_NAME).write_text(json.dumps({**busy, "pid": dead.pid}))  # its process is gone: stale
+    train(_cfg(split, "train.max_iters=1"), out, progress=False)
+    assert (out / "latest.pt").is_file() and not (out / LOCK_NAME).exists()  # released at the end
+
+
+def test_a_run_refused_before_training_leaves_no_folder(tmp_path):
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    with pytest.raises(SemisegError, match="weights file not found"):
+        train(_cfg(split, f"model.weights={tmp_path / 'missing.pth'}"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_reports_what_changed_and_keeps_each_segments_config(tmp_path):
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    out = tmp_path / "run"
+    train(_cfg(split, "train.max_iters=2"), out, progress=False)
+    train(_cfg(split, "optim.lr=5e-4"), out, progress=False)
+    first, second = (
+        yaml.safe_load((out / name).read_text()) for name in ("config.yaml", "config.resume-1.yaml")
+    )
+    assert first["optim"]["lr"] == 1e-4 and first["train"]["max_iters"] == 2
+    assert second["optim"]["lr"] == 5e-4 and second["train"]["max_iters"] is None
+    log = (out / "log.txt").read_text()
+    assert "optim.lr: 0.0001 -> 0.0005" in log and "config.resume-1.yaml" in log
+    # a change of method or of the schedule's length needs consent
+    with pytest.raises(SemisegError, match=r"method.name: 'unimatch_v2' -> 'fixmatch'.*pass --force"):
+        train(_cfg(split, "method.name=fixmatch", "train.epochs=3"), out, progress=False)
+    with pytest.raises(SemisegError, match="a schedule of 8 iterations -> 12"):
+        train(_cfg(split, "train.epochs=3"), out, progress=False)
+    result = train(_cfg(split, "train.epochs=3"), out, progress=False, force=True)
+    assert result["state"].iteration == 12 and (out / "config.resume-2.yaml").is_file()
+
+
+def test_a_kill_between_the_metrics_row_and_the_checkpoint_leaves_no_duplicate_row(tmp_path, monkeypatch):
+    import semiseg.train.loop as loop
+
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    out = tmp_path / "run"
+    real_save, calls = loop.save_atomic, []
+
+    def dies_at_the_second_save(obj, path):
+        calls.append(path.name)
+        if len(calls) == 3:  # epoch 2: metrics row appended, then the process dies before latest.pt is saved
+            raise KeyboardInterrupt
+        real_save(obj, path)
+
+    monkeypatch.setattr(loop, "save_atomic", dies_at_the_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(split), out, progress=False)
+    assert [r["epoch"] for r in _rows(out)] == [
+        "1",
+        "2",
+    ]  # the row of epoch 2 exists, its checkpoint does not
+    monkeypatch.setattr(loop, "save_atomic", real_save)
+    train(_cfg(split), out, progress=False)
+    assert [r["epoch"] for r in _rows(out)] == ["1", "2"]  # epoch 2 was redone and recorded once
+    assert "dropped 1 metrics.csv row" in (out / "log.txt").read_text()
+
+
+def _logged(out: Path, text: str) -> bool:
+    return (out / "log.txt").exists() and text in (out / "log.txt").read_text()
+
+
+def test_sigterm_stops_after_the_step_saves_and_the_same_command_resumes(tmp_path):
+    split = make_segmentation_benchmark(tmp_path, "folder", n_unlabeled=8)
+    out = tmp_path / "run"
+    sets = [a for s in _sets(split, "train.epochs=400", "train.log_every=1") for a in ("--set", s)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "semiseg",
+        "train",
+        "--config",
+        str(REPO / "configs/pascal.yaml"),
+        "--out",
+        str(out),
+        *sets,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline and not _logged(out, "epoch 1/400"):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    last = err.strip().splitlines()[-1]  # the training log goes to stderr too; the verdict is the last line
+    assert last.startswith("semiseg: stopped by SIGTERM at iteration") and "run the same command" in last
+    assert "Traceback" not in err
+    stopped = torch.load(out / "latest.pt", weights_only=True)["state"]
+    assert stopped["iteration"] >= 4 and not (out / LOCK_NAME).exists()
+    resumed = subprocess.run([*cmd, "--set", f"train.max_iters={stopped['iteration'] + 1}"], capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert torch.load(out / "latest.pt", weights_only=True)["state"]["iteration"] == stopped["iteration"] + 1
