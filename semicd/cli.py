@@ -47,6 +47,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_splits(args: argparse.Namespace) -> int:
     from semicd.data.splits import write_semicd_splits
+    from semiseg.data.lists import read_name_list
 
     try:
         percents = tuple(float(p.rstrip("%")) for p in args.percents.split(","))
@@ -55,7 +56,8 @@ def cmd_splits(args: argparse.Namespace) -> int:
             f"--percents {args.percents!r}: give numbers separated by commas, e.g. 5,10,20,40"
         ) from None
     percents = tuple(int(p) if p.is_integer() else p for p in percents)
-    counts = write_semicd_splits(args.root, args.out, percents=percents, seed=args.seed)
+    names = read_name_list(args.list) if args.list else None
+    counts = write_semicd_splits(args.root, args.out, names=names, percents=percents, seed=args.seed)
     print(json.dumps({f"{p}%": n for p, n in counts.items()}))
     return 0
 
@@ -68,13 +70,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+EXAMPLES = {
+    "train": "semicd train --config configs/levir_cd.yaml --out runs/levir5 --set data.root=/data/LEVIR-CD-256",
+    "eval": "semicd eval --checkpoint runs/levir5/best.pt --set data.root=/data/LEVIR-CD-256",
+    "predict": "semicd predict --before 2019.tif --after 2023.tif --checkpoint runs/levir5/best.pt --out change.tif"
+    " --polygons change.gpkg",
+    "prepare": "semicd prepare levir --src /data/LEVIR-CD --out /data/LEVIR-CD-256",
+    "splits": "semicd splits --root /data/LEVIR-CD-256 --out /data/LEVIR-CD-256/splits",
+    "demo": "semicd demo --out demo/",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = make_parser(
-        TASK, "Semi-supervised remote-sensing change detection (UniMatch V2 on a Siamese DINOv2 + DPT)."
+        TASK,
+        "Semi-supervised remote-sensing change detection (UniMatch V2 on a Siamese DINOv2 + DPT).",
+        EXAMPLES,
     )
 
     p = add_command(
-        sub, "predict", cmd_predict, "tile-and-predict a before/after GeoTIFF pair into a change map"
+        sub,
+        "predict",
+        cmd_predict,
+        "tile-and-predict a before/after GeoTIFF pair into a change map",
+        EXAMPLES["predict"],
     )
     p.add_argument("--before", required=True, help="GeoTIFF of the earlier date (defines the output grid)")
     p.add_argument("--after", required=True, help="GeoTIFF of the later date")
@@ -90,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_scene_options(p)
 
     p = add_command(
-        sub, "prepare", cmd_prepare, "cut LEVIR-CD / WHU-CD releases into the 256 px tiles everyone uses"
+        sub,
+        "prepare",
+        cmd_prepare,
+        "cut LEVIR-CD / WHU-CD releases into the 256 px tiles everyone uses",
+        EXAMPLES["prepare"],
     )
     p.add_argument("dataset", choices=["levir", "whu"], help="which release")
     p.add_argument("--src", help="levir: the release folder holding train/ val/ test/")
@@ -101,14 +124,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=256, help="tile side in px")
     p.add_argument("--overwrite", action="store_true", help="rewrite tiles that already exist")
 
-    p = add_command(sub, "splits", cmd_splits, "labeled/unlabeled lists by the SemiCD rule (seed 10, nested)")
+    p = add_command(
+        sub,
+        "splits",
+        cmd_splits,
+        "labeled/unlabeled lists by the SemiCD rule (seed 10, nested)",
+        EXAMPLES["splits"],
+    )
     p.add_argument("--root", required=True, help="prepared dataset root (train.txt or train/A)")
+    p.add_argument(
+        "--list", help="the training tiles, one name per line, for layouts without train.txt or train/A"
+    )
     p.add_argument("--out", required=True, help="writes <out>/<p>%%/labeled.txt and unlabeled.txt")
     p.add_argument("--percents", default="5,10,20,40", help="labeled percentages, comma-separated")
     p.add_argument("--seed", type=int, default=10, help="shuffle seed (10 is the SemiCD rule)")
 
     p = add_command(
-        sub, "demo", cmd_demo, "synthetic scene -> train a tiny model -> change map, polygons, preview"
+        sub,
+        "demo",
+        cmd_demo,
+        "synthetic scene -> train a tiny model -> change map, polygons, preview",
+        EXAMPLES["demo"],
     )
     p.add_argument("--out", required=True, help="folder for the scene, the run and the outputs")
     p.add_argument("--size", type=int, default=2048, help="scene side in px")

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.2.0"
 __all__ = ["load_model", "SemisegError", "__version__"]
 
 from semiseg.errors import SemisegError
+from semiseg.version import __version__
 
 
 def load_model(path: Any, task: str | None = None, which: str = "auto") -> Any:

@@ -15,15 +15,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from semiseg import __version__
 from semiseg.errors import SemisegError
 from semiseg.task import Task
+from semiseg.version import __version__
 
 Handler = Callable[[argparse.Namespace], int | None]
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every option's help ends with its default (none shown for flags and options without one)."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default (none shown for flags and options without one); the examples
+    below a command keep their lines."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
@@ -57,24 +58,27 @@ def record_command(path: Path, args: argparse.Namespace, result: dict | None = N
     return write_run_record(path, command, arguments, result)
 
 
-def add_command(sub: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+def add_command(
+    sub: Any, name: str, handler: Handler, help: str, example: str = ""
+) -> argparse.ArgumentParser:
+    epilog = "example:\n  " + example.replace("\n", "\n  ") if example else None
+    p = sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=HelpFormatter)
     p.set_defaults(handler=handler, command_name=name)
     return p
 
 
-def add_config_args(p: argparse.ArgumentParser, config_required: bool) -> None:
-    p.add_argument("--config", required=config_required, help="YAML config (see configs/README.md)")
+def add_config_args(p: argparse.ArgumentParser, config_required: bool, hint: str = "") -> None:
+    p.add_argument("--config", required=config_required, help=f"YAML config (see configs/README.md){hint}")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, e.g. --set data.root=/data/VOC (repeatable; values parsed as YAML)",
     )  # fmt: skip
 
 
-def _load_config(args: argparse.Namespace, task: Task):
+def _load_config(args: argparse.Namespace, task: Task, base: dict | None = None):
     from semiseg.config import load_config
 
-    return load_config(args.config, args.overrides, task=task.name)
+    return load_config(args.config, args.overrides, task=task.name, base=base)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -110,11 +114,12 @@ def cmd_eval(task: Task) -> Handler:
         from semiseg.models.checkpoints import load_model
 
         model = load_model(args.checkpoint, task=task.name, which=args.which)
-        if args.config is None and not args.overrides:
+        trained_with = model.meta.get("config")  # our checkpoints know their data; --config/--set change it
+        if args.config is None and not args.overrides and trained_with is None:
             raise SemisegError(
                 "say which data to score on: --config CONFIG and/or --set data.root=... data.split=..."
             )
-        cfg = _load_config(args, task)
+        cfg = _load_config(args, task, base=trained_with)
         if cfg.data.nclass != model.nclass:
             raise SemisegError(
                 f"{args.checkpoint} predicts {model.nclass} classes but the config says data.nclass={cfg.data.nclass}"
@@ -155,8 +160,12 @@ WHICH_HELP = (
 )
 
 
-def make_parser(task: Task, description: str) -> tuple[argparse.ArgumentParser, Any]:
-    """The parser of a task's command with the commands every task has: train, eval, export."""
+def make_parser(
+    task: Task, description: str, examples: dict[str, str] | None = None
+) -> tuple[argparse.ArgumentParser, Any]:
+    """The parser of a task's command with the commands every task has: train, eval, export (`examples`: a
+    command line per command, shown below its help)."""
+    examples = examples or {}
     parser = argparse.ArgumentParser(
         prog=task.command, description=description, formatter_class=HelpFormatter
     )
@@ -164,9 +173,10 @@ def make_parser(task: Task, description: str) -> tuple[argparse.ArgumentParser, 
     sub = parser.add_subparsers(title="commands")
 
     p = add_command(
-        sub, "train", cmd_train(task), f"train a {task.title} model (resumes when --out holds latest.pt)"
-    )
-    add_config_args(p, config_required=True)
+        sub, "train", cmd_train(task), f"train a {task.title} model (resumes when --out holds latest.pt)",
+        examples.get("train", ""),
+    )  # fmt: skip
+    add_config_args(p, config_required=False, hint=" (default: the task's defaults and --set alone)")
     p.add_argument("--out", help="run folder: config.yaml, log.txt, metrics.csv, checkpoints")
     p.add_argument(
         "--force",
@@ -184,15 +194,19 @@ def make_parser(task: Task, description: str) -> tuple[argparse.ArgumentParser, 
         "eval",
         cmd_eval(task),
         "score a checkpoint (ours or official UniMatch V2) on the evaluation list",
+        examples.get("eval", ""),
     )
     p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
-    add_config_args(p, config_required=False)
+    add_config_args(p, config_required=False, hint=" (default: the config the checkpoint was trained with)")
     p.add_argument("--which", choices=["auto", "ema", "model"], default="auto", help=WHICH_HELP)
     p.add_argument("--mode", choices=["original", "sliding_window"], default=None, help="override eval.mode")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped prediction")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
-    p = add_command(sub, "export", cmd_export(task), "write release weights: <out>.safetensors + <out>.yaml")
+    p = add_command(
+        sub, "export", cmd_export(task), "write release weights: <out>.safetensors + <out>.yaml",
+        examples.get("export", f"{task.command} export --checkpoint runs/x/best.pt --out release/model"),
+    )  # fmt: skip
     p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--out", required=True, help="output path without extension")
     p.add_argument("--which", choices=["auto", "ema", "model"], default="auto", help=WHICH_HELP)
@@ -206,8 +220,10 @@ def make_parser(task: Task, description: str) -> tuple[argparse.ArgumentParser, 
 def add_scene_options(p: argparse.ArgumentParser) -> None:
     """The options of tile-and-predict over a GeoTIFF scene, the same for every task."""
     p.add_argument(
-        "--window", type=int, default=504, help="window side in px, a multiple of the model's patch size"
-    )
+        "--window", type=int, default=None,
+        help="window side in px, a multiple of the model's patch size (default: the crop the model was trained "
+        "on, else 36 patches: 504 px for DINOv2)",
+    )  # fmt: skip
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers reading windows")
@@ -239,13 +255,13 @@ def predict_scene_command(args: argparse.Namespace, task: Task, rasters: Sequenc
     """The body of every task's GeoTIFF `predict`: check inputs, load the model, tile-and-predict, record."""
     from semiseg.devices import pick_device
     from semiseg.models.checkpoints import load_model
-    from semiseg.predict import check_rasters_exist, predict_scene
+    from semiseg.predict import check_rasters_exist, default_window, predict_scene
 
     check_rasters_exist(rasters)  # before loading what may be a large model
     model = load_model(args.checkpoint, task=task.name, which=args.which)
     summary = predict_scene(
         model, rasters, args.out, device=pick_device(args.device), amp=args.amp, align=getattr(args, "align", "error"),
-        bands=_bands(args.bands), nodata=args.nodata, window=args.window, overlap=args.overlap,
+        bands=_bands(args.bands), nodata=args.nodata, window=args.window or default_window(model), overlap=args.overlap,
         batch_size=args.batch_size, num_workers=args.workers, probs_path=args.probs, polygons_path=args.polygons,
         threshold=getattr(args, "threshold", None), tta=args.tta, min_area_m2=args.min_area,
         tags={"classes": ",".join(model.meta["classes"]), "checkpoint": Path(args.checkpoint).name,

@@ -588,14 +588,19 @@ def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[st
 
 
 def load_config(
-    path: str | Path | None, overrides: typing.Sequence[str] | None = None, task: str | None = None
+    path: str | Path | None,
+    overrides: typing.Sequence[str] | None = None,
+    task: str | None = None,
+    base: dict[str, Any] | None = None,
 ) -> Config:
-    """Read a YAML config (or start from defaults when `path` is None) and apply `--set` overrides.
+    """Read a YAML config (or start from `base`, a config as a dict, or the defaults when `path` is None) and
+    apply `--set` overrides.
 
     `task`: the task the caller serves (the `semicd` command passes `change_detection`); a config naming
-    another task is refused, one naming none gets this one.
+    another task is refused, one naming none gets this one. `base`: e.g. the config a checkpoint was trained
+    with, so evaluating it needs only the data's location.
     """
-    raw = read_config_file(path) if path is not None else {}
+    raw = read_config_file(path) if path is not None else copy.deepcopy(base or {})
     raw = apply_overrides(raw, overrides or [])
     if task is not None:
         named = raw.get("task")

@@ -54,10 +54,19 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     temps = [temp_path_for(p) for p in targets]
     try:
         yield temps
+        mode = _new_file_mode()
         for tmp, target in zip(temps, targets):
+            os.chmod(tmp, mode)  # some writers (safetensors) create 0600 files: give the usual permissions
             os.replace(tmp, target)
     finally:
         remove_quietly(temps)
+
+
+def _new_file_mode() -> int:
+    """The permissions a plain new file gets here: 0o666 minus the umask (0o644 with the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextlib.contextmanager

@@ -47,6 +47,17 @@ class ModelPredictor:
         return logits.float().softmax(1)
 
 
+def default_window(model: Segmentor) -> int:
+    """The window a scene is predicted in unless the user says: the crop the model was trained on, else 36 patches
+    (504 px for DINOv2).
+
+    A model sees context at the scale it learned. Measured on the demo's model (trained on 84 px crops), change IoU
+    over the whole scene: 57.3 with 84 px windows, 45.0 at 112, 34.0 at 224, 30.8 at 504.
+    """
+    trained = getattr(model, "meta", {}).get("crop_size")
+    return int(trained) if trained else 36 * model.patch_size
+
+
 def check_rasters_exist(rasters: Sequence[str | os.PathLike]) -> None:
     for path in rasters:
         if not Path(path).exists():

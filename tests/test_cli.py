@@ -15,7 +15,9 @@ from conftest import SHARED_DATA
 from fakes import make_change_tiles, make_segmentation_benchmark
 from rasterio.transform import from_origin
 
+from semicd.cli import build_parser as semicd_parser
 from semicd.cli import main as semicd_main
+from semiseg.segmentation.cli import build_parser as semiseg_parser
 from semiseg.segmentation.cli import main as semiseg_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -236,6 +238,12 @@ def test_change_detection_train_eval_predict(tmp_path, capsys):
         (tmp_path / "change.predict.yaml").read_text()
     )  # the resolved arguments, beside it
     assert record["arguments"]["window"] == 56 and record["result"]["height"] == 70
+    # the checkpoint knows how it was trained: eval needs only the data's location, predict its crop
+    assert semicd_main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--set", f"data.root={root}"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 3
+    code = semicd_main(["predict", "--before", str(tmp_path / "a.tif"), "--after", str(tmp_path / "b.tif"),
+                        "--checkpoint", str(run_dir / "best.pt"), "--out", str(tmp_path / "c2.tif"), "--workers", "0"])  # fmt: skip
+    assert code == 0 and json.loads(capsys.readouterr().out)["window"] == 42  # the training crop
 
 
 def test_change_detection_prepare_and_splits_commands(tmp_path, capsys):
@@ -333,11 +341,23 @@ def test_print_config_shows_the_resolved_config_and_each_command_keeps_to_its_ta
 
 def test_help_states_every_default():
     proc = run(["semicd", "predict", "--help"])
-    assert (
-        "(default: 504)" in proc.stdout
-        and "(default: 0.25)" in proc.stdout
-        and "(default: auto)" in proc.stdout
-    )
+    assert "(default: 0.25)" in proc.stdout and "(default: auto)" in proc.stdout
+    assert "default: the crop the model was trained on" in " ".join(proc.stdout.split())
+
+
+@pytest.mark.parametrize("build", [semiseg_parser, semicd_parser], ids=["semiseg", "semicd"])
+def test_every_option_of_every_command_has_help(build):
+    import argparse
+
+    parser = build()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = [
+        f"{name} {'/'.join(action.option_strings) or action.dest}"
+        for name, sub in commands.items()
+        for action in sub._actions
+        if not isinstance(action, argparse._HelpAction) and not action.help
+    ]
+    assert missing == [] and len(commands) >= 4
 
 
 def test_scene_bands_default_to_what_the_model_takes(tmp_path, capsys):

@@ -75,7 +75,7 @@ def test_scores_of_a_perfect_and_an_empty_map(tmp_path):
     with rasterio.open(empty, "w", **profile) as ds:
         ds.write(np.zeros_like(truth))
     scores = score_change_map(perfect, scene.truth)
-    assert scores["model"]["iou"] == pytest.approx(1.0)
+    assert scores["model"]["iou"] == pytest.approx(100.0)
     assert scores["all_unchanged"]["iou"] == 0.0
     assert score_change_map(empty, scene.truth)["model"] == scores["all_unchanged"]
 
@@ -97,7 +97,7 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path):
 
     for group in ("metrics", "all_unchanged"):
         for name in ("iou", "f1", "precision", "recall", "oa"):
-            assert 0.0 <= result[group][name] <= 1.0
+            assert 0.0 <= result[group][name] <= 100.0  # percent, as every score in the toolkit
     assert result["all_unchanged"]["iou"] == 0.0
     assert result["training"]["iterations"] >= 1
     assert set(result["seconds"]) >= {"scene", "train", "predict"}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 import semiseg
+import semiseg.models.encoder as encoder_module
 from semiseg.errors import SemisegError
 from semiseg.models.checkpoints import (
     export_model,
@@ -274,6 +276,7 @@ def test_hub_weights_load_through_the_timm_layout(monkeypatch):
         return model
 
     monkeypatch.setattr(timm, "create_model", offline_create)
+    monkeypatch.setattr(encoder_module, "_hub_reachable", lambda: True)  # as if online (no network in tests)
     encoder = Encoder("small")
     encoder.load_pretrained("hub")
     assert created["name"] == "vit_small_patch14_dinov2.lvd142m" and created["pretrained"] is True
@@ -290,5 +293,65 @@ def test_hub_download_failure_is_a_user_error(monkeypatch):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(timm, "create_model", offline)
+    monkeypatch.setattr(encoder_module, "_hub_reachable", lambda: True)
     with pytest.raises(SemisegError, match="could not fetch 'vit_small_patch14_dinov2.lvd142m'"):
         Encoder("small").load_pretrained("hub")
+
+
+def test_hub_weights_offline_fail_at_once_naming_the_file(monkeypatch, tmp_path):
+    import time
+
+    import timm
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(encoder_module, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("must not try the network"))
+    start = time.perf_counter()
+    with pytest.raises(
+        SemisegError, match=r"not cached and the hub cannot be reached .*dinov2_vits14_pretrain.pth"
+    ):
+        Encoder("small").load_pretrained("hub")
+    assert time.perf_counter() - start < 5
+
+
+def test_exports_are_whole_readable_and_say_where_they_come_from(tmp_path):
+    model = build_model("tiny", 2, "absdiff").eval()
+    path = export_model(model, tmp_path / "cd", {"classes": ["unchanged", "changed"]})
+    for f in (path, path.with_suffix(".yaml")):
+        assert f.stat().st_mode & 0o044 == 0o044  # group and others may read a release
+    card = yaml.safe_load(path.with_suffix(".yaml").read_text())
+    assert (
+        card["format_version"] >= 2
+        and card["toolkit_version"] == semiseg.__version__
+        and card["torch_version"]
+    )
+    assert (
+        card["bands"] == 3
+        and card["classes"] == ["unchanged", "changed"]
+        and card["task"] == "change_detection"
+    )
+    path.with_suffix(".yaml").unlink()  # the header carries the same card: the weights load on their own
+    loaded = load_model(path)
+    assert loaded.meta["task"] == "change_detection" and loaded.meta["classes"] == ["unchanged", "changed"]
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"std": [0.2, 0.0, 0.2]}, "std of 0.0"),
+        ({"mean": [0.5, 0.5]}, "2 means and 3 stds, but its encoder takes 3 bands"),
+        ({"task": "change_detection"}, "predicts 3 classes, but change detection models predict 2"),
+    ],
+)
+def test_inconsistent_checkpoints_are_one_line_errors(tmp_path, change, message):
+    path = export_model(build_model("tiny", 3), tmp_path / "m")
+    card = yaml.safe_load(path.with_suffix(".yaml").read_text())
+    path.with_suffix(".yaml").write_text(yaml.safe_dump({**card, **change}))
+    with pytest.raises(SemisegError, match=message):
+        load_model(path)
+
+
+def test_an_empty_checkpoint_file_is_a_one_line_error(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(SemisegError, match=r"empty.pt is not a readable checkpoint"):
+        load_model(tmp_path / "empty.pt")

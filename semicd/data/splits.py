@@ -44,6 +44,10 @@ def semicd_splits(
             raise SemisegError(f"split percentage {p} is outside (0, 100]")
         # The epsilon guards against p * N / 100 landing a hair below an exact integer in floating point.
         count = math.floor(p * len(order) / 100 + 1e-9)
+        if count == 0:
+            raise SemisegError(
+                f"{p}% of {len(order)} tiles labels none: use a larger percentage (at least {100 / len(order):.3g}%)"
+            )
         splits[p] = (order[:count], order[count:])
     return splits
 

@@ -29,8 +29,19 @@ class SplitItem:
     mask: str | None = None
 
 
+def check_relative(entry: str, where: str) -> str:
+    """Refuse a list entry that would leave its data root: an absolute path, or one that climbs with `..`."""
+    parts = Path(entry).parts
+    if Path(entry).is_absolute() or ".." in parts:
+        raise SemisegError(
+            f"{where}: {entry!r} points outside the data root; list paths must be relative to it, without '..'"
+        )
+    return entry
+
+
 def read_split_file(path: str | Path) -> list[SplitItem]:
-    """Read a segmentation split file: one `"<image> [<mask>|None]"` per line, blank lines skipped."""
+    """Read a segmentation split file: one `"<image> [<mask>|None]"` per line, blank lines skipped; every path
+    must stay inside the data root (`check_relative`)."""
     path = Path(path)
     if not path.is_file():
         raise SemisegError(
@@ -47,6 +58,9 @@ def read_split_file(path: str | Path) -> list[SplitItem]:
                 "(paths with spaces are not supported in split files; rename the files)"
             )
         mask = tokens[1] if len(tokens) == 2 and tokens[1] != "None" else None
+        for entry in (tokens[0], mask):
+            if entry is not None:
+                check_relative(entry, f"{path}:{lineno}")
         items.append(SplitItem(tokens[0], mask))
     return items
 
@@ -73,6 +87,8 @@ def read_name_list(path: str | Path) -> list[str]:
     names = [n for n in names if n]
     if not names:
         raise SemisegError(f"name list {path} is empty: it needs one tile name per line")
+    for name in names:
+        check_relative(name, str(path))
     return names
 
 

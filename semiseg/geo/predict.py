@@ -321,6 +321,7 @@ def _summary(scene, grid, stats: _Stats, k, seconds, out_path, probs_path, polyg
         "polygons": None if polygons_path is None else str(polygons_path),
         "height": scene.height,
         "width": scene.width,
+        "window": grid.size,
         "windows": len(grid),
         "num_classes": k,
         "valid_pixels": valid,

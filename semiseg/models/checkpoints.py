@@ -27,8 +27,10 @@ from semiseg.models.specs import ENCODER_SPECS, EncoderSpec
 from semiseg.task import get_task, infer_task
 
 # Marks our training checkpoints (`latest.pt`, `best.pt`); the name predates the two-task layout and is kept so
-# every checkpoint ever written still loads.
+# every checkpoint ever written still loads. FORMAT_VERSION counts changes of what they hold (0.1 wrote none: 1).
 CHECKPOINT_FORMAT = "semiseg-checkpoint"
+FORMAT_VERSION = 2
+SAFETENSORS_META_KEY = "semicd"
 
 # Our DPT head names each part for what it does; the official layout keeps DPT's original names. One table,
 # read in both directions: (our prefix, official prefix, official index minus ours).
@@ -118,9 +120,7 @@ def _read_checkpoint_file(path: Path) -> Any:
             "and plain values, which safe (weights_only) loading refuses"
         ) from None
     except Exception as err:
-        detail = (str(err).strip().splitlines() or [""])[0][
-            :120
-        ]  # some errors (an empty file) have no message
+        detail = (str(err).strip().splitlines() or [""])[0][:120]  # some errors (an empty file) have none
         raise SemisegError(
             f"{path} is not a readable checkpoint ({type(err).__name__}{': ' + detail if detail else ''})"
         ) from None
@@ -130,14 +130,20 @@ def _weights_and_meta(path: Path, which: str) -> tuple[dict[str, torch.Tensor], 
     """The chosen weights (in our layout) and whatever metadata the file records, for every known format."""
     if path.suffix == ".safetensors":
         sidecar = path.with_suffix(".yaml")
-        if not sidecar.is_file():
-            raise SemisegError(f"{path} needs its metadata file {sidecar.name} beside it")
-        return read_state_dict(path), yaml.safe_load(sidecar.read_text()) or {}
+        if sidecar.is_file():
+            return read_state_dict(path), yaml.safe_load(sidecar.read_text()) or {}
+        embedded = _safetensors_metadata(path)
+        if embedded is None:
+            raise SemisegError(
+                f"{path} records no metadata and its {sidecar.name} is missing: put it beside the file"
+            )
+        return read_state_dict(path), embedded
     obj = _read_checkpoint_file(path)
     if not isinstance(obj, dict):
         raise SemisegError(f"{path} is not a checkpoint (found {type(obj).__name__})")
     if obj.get("format") == CHECKPOINT_FORMAT:
         meta = dict(obj.get("meta", {}))
+        meta.setdefault("config", obj.get("config"))  # how it was trained: the defaults of eval and predict
         if which == "auto":
             which = "model" if meta.get("best_source") == "student" else "ema"
         return obj["ema" if which == "ema" and obj.get("ema") is not None else "model"], meta
@@ -176,8 +182,7 @@ def load_model(path: str | os.PathLike, task: str | None = None, which: str = "a
         )
     model = Segmentor(spec, nclass, resolved.fusion)
     _load_weights(model, state, str(path))
-    model.mean = tuple(float(v) for v in meta.get("mean", spec.mean))
-    model.std = tuple(float(v) for v in meta.get("std", spec.std))
+    model.mean, model.std = _normalisation(meta, spec, path)
     meta.update(
         task=resolved.name,
         nclass=nclass,
@@ -190,6 +195,36 @@ def load_model(path: str | os.PathLike, task: str | None = None, which: str = "a
     meta.setdefault("classes", list(resolved.classes or [str(i) for i in range(nclass)]))
     model.meta = meta
     return model.eval()
+
+
+def _normalisation(
+    meta: dict[str, Any], spec: EncoderSpec, path: Path
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The recorded mean/std (else the encoder's), checked: one value per input band, every std positive."""
+    try:
+        mean = tuple(float(v) for v in meta.get("mean", spec.mean))
+        std = tuple(float(v) for v in meta.get("std", spec.std))
+    except (TypeError, ValueError):
+        raise SemisegError(f"{path}: its mean/std are not lists of numbers") from None
+    if len(mean) != spec.bands or len(std) != spec.bands:
+        raise SemisegError(
+            f"{path} records {len(mean)} means and {len(std)} stds, but its encoder takes {spec.bands} bands"
+        )
+    if min(std) <= 0:
+        raise SemisegError(f"{path} records a std of {min(std)}: every std must be positive")
+    return mean, std
+
+
+def _safetensors_metadata(path: Path) -> dict[str, Any] | None:
+    """The metadata `export_model` also writes into the safetensors header (so the file is whole on its own)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            text = (fh.metadata() or {}).get(SAFETENSORS_META_KEY)
+    except Exception:
+        return None  # read_state_dict will say what is wrong with the file
+    return yaml.safe_load(text) if text else None
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -207,18 +242,36 @@ def export_model(model: Segmentor, out: str | os.PathLike, meta: dict[str, Any] 
     out = Path(out).with_suffix(".safetensors")
     if not out.parent.is_dir():
         raise SemisegError(f"output folder does not exist: {out.parent}")
-    recorded = getattr(model, "meta", {}).get("task")
-    info = {
-        "task": recorded or infer_task(model.fusion, model.nclass).name,
+    info = model_card(model, meta)
+    text = yaml.safe_dump(info, sort_keys=False)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_paths(out, out.with_suffix(".yaml")) as (tmp_weights, tmp_yaml):
+        save_file(state, str(tmp_weights), metadata={SAFETENSORS_META_KEY: text})
+        tmp_yaml.write_text(text)
+    return out
+
+
+def model_card(model: Segmentor, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What travels with released weights: what they are, how to feed them, where they came from."""
+    import torch
+
+    from semiseg.version import __version__
+
+    recorded = dict(getattr(model, "meta", {}))
+    card = {
+        "format_version": FORMAT_VERSION,
+        "task": recorded.get("task") or infer_task(model.fusion, model.nclass).name,
         "encoder": model.encoder_size,
         "nclass": model.nclass,
+        "classes": recorded.get("classes", [str(i) for i in range(model.nclass)]),
+        "bands": model.spec.bands,
         "patch_size": model.patch_size,
         "mean": list(model.mean),
         "std": list(model.std),
     }
-    info.update(meta or {})
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_paths(out, out.with_suffix(".yaml")) as (tmp_weights, tmp_yaml):
-        save_file(state, str(tmp_weights))
-        tmp_yaml.write_text(yaml.safe_dump(info, sort_keys=False))
-    return out
+    for key in ("crop_size", "training_data", "best", "pretrained_weights", "pretrained_license"):
+        if recorded.get(key) is not None:
+            card[key] = recorded[key]
+    card.update(toolkit_version=__version__, torch_version=str(torch.__version__))
+    card.update(extra or {})
+    return card

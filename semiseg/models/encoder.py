@@ -120,16 +120,58 @@ class Encoder(nn.Module):
 
 
 def _hub_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The weights timm publishes as `name`: from the local Hugging Face cache, else downloaded once.
+
+    Offline, the hub client retries for tens of seconds before giving up; when the weights are not cached and the
+    hub cannot be reached in a few seconds we stop at once and say how to get the file instead.
+    """
     import timm
 
+    cfg = timm.models.get_pretrained_cfg(name)
+    if not _hub_cached(cfg) and not _hub_reachable():
+        raise SemisegError(f"model.weights=hub needs {name!r}, which is not cached and the hub cannot be reached "
+                           f"(offline?): {_weights_hint(cfg)}")  # fmt: skip
     try:
         hub_model = timm.create_model(name, pretrained=True)
     except Exception as err:  # network errors come in many types; the message is what matters to the user
         raise SemisegError(
-            f"could not fetch {name!r} from the hub ({type(err).__name__}): download "
-            "dinov2_vit*14_pretrain.pth yourself and pass its path as model.weights"
+            f"could not fetch {name!r} from the hub ({type(err).__name__}): {_weights_hint(cfg)}"
         ) from None
     return hub_model.state_dict()
+
+
+def _weights_hint(cfg) -> str:
+    url = getattr(cfg, "url", None)
+    source = f"download {url}" if url else "download the encoder's official weights"
+    return f"{source} on a machine with network and pass its path as model.weights (or model.weights=null)"
+
+
+def _hub_cached(cfg) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = getattr(cfg, "hf_hub_id", None)
+    if not repo:
+        return False
+    return any(
+        isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A TCP connection to the hub within `timeout` seconds (never when the hub client is set offline)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

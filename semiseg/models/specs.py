@@ -17,6 +17,8 @@ from semiseg.errors import SemisegError
 # DINOv2 was pretrained on RGB images normalised with the ImageNet statistics, so its inputs must be too.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# Meta released the DINOv2 weights under the Apache License 2.0; models fine-tuned from them carry that notice.
+DINOV2_LICENSE = "Apache-2.0 (DINOv2 weights, Meta)"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class EncoderSpec:
     head: HeadSpec
     hub_name: str | None = None
     swiglu: bool = False
+    weights_license: str | None = None  # of the pretrained weights `hub_name` names
     patch_size: int = 14
     pretrain_grid: int = 37
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -71,18 +74,20 @@ ENCODER_SPECS: dict[str, EncoderSpec] = {
         # `tiny` is ours: the same code path at a size that trains in seconds on a CPU, for tests and demos.
         EncoderSpec("tiny", 48, 4, 3, (0, 1, 2, 3), HeadSpec(16, (12, 24, 48, 48))),
         EncoderSpec(
-            "small", 384, 12, 6, (2, 5, 8, 11), HeadSpec(64, (48, 96, 192, 384)), "vit_small_patch14_dinov2.lvd142m"
+            "small", 384, 12, 6, (2, 5, 8, 11), HeadSpec(64, (48, 96, 192, 384)), "vit_small_patch14_dinov2.lvd142m",
+            weights_license=DINOV2_LICENSE,
         ),
         EncoderSpec(
-            "base", 768, 12, 12, (2, 5, 8, 11), HeadSpec(128, (96, 192, 384, 768)), "vit_base_patch14_dinov2.lvd142m"
+            "base", 768, 12, 12, (2, 5, 8, 11), HeadSpec(128, (96, 192, 384, 768)), "vit_base_patch14_dinov2.lvd142m",
+            weights_license=DINOV2_LICENSE,
         ),
         EncoderSpec(
             "large", 1024, 24, 16, (4, 11, 17, 23), HeadSpec(256, (256, 512, 1024, 1024)),
-            "vit_large_patch14_dinov2.lvd142m",
+            "vit_large_patch14_dinov2.lvd142m", weights_license=DINOV2_LICENSE,
         ),
         EncoderSpec(
             "giant", 1536, 40, 24, (9, 19, 29, 39), HeadSpec(384, (1536, 1536, 1536, 1536)),
-            "vit_giant_patch14_dinov2.lvd142m", swiglu=True,
+            "vit_giant_patch14_dinov2.lvd142m", swiglu=True, weights_license=DINOV2_LICENSE,
         ),
     )
 }  # fmt: skip

@@ -56,13 +56,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+EXAMPLES = {
+    "train": "semiseg train --config configs/pascal.yaml --out runs/pascal92 --set data.root=/data/VOC2012",
+    "eval": "semiseg eval --checkpoint runs/pascal92/best.pt --set data.root=/data/VOC2012",
+    "predict": "semiseg predict --checkpoint runs/pascal92/best.pt --input photos/ --out masks/\n"
+    "semiseg predict --checkpoint runs/landcover/best.pt --image scene.tif --out classes.tif",
+    "splits": "semiseg splits --dataset pascal --root /data/VOC2012 --labeled 92 --out datasets/pascal/92",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = make_parser(
-        TASK, "Semi-supervised semantic segmentation (UniMatch V2, FixMatch, supervised)."
+        TASK, "Semi-supervised semantic segmentation (UniMatch V2, FixMatch, supervised).", EXAMPLES
     )
 
     p = add_command(
-        sub, "predict", cmd_predict, "class masks for a folder of images, or a class map for a GeoTIFF scene"
+        sub,
+        "predict",
+        cmd_predict,
+        "class masks for a folder of images, or a class map for a GeoTIFF scene",
+        EXAMPLES["predict"],
     )
     p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--input", help="folder (or single file) of images; writes <out>/<name>.png palette masks")
@@ -70,7 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="mask folder (--input) or class-map GeoTIFF (--image)")
     add_scene_options(p)
 
-    p = add_command(sub, "splits", cmd_splits, "write seeded labeled/unlabeled/val lists for a dataset")
+    p = add_command(
+        sub,
+        "splits",
+        cmd_splits,
+        "write seeded labeled/unlabeled/val lists for a dataset",
+        EXAMPLES["splits"],
+    )
     p.add_argument(
         "--dataset", required=True, choices=list(SEGMENTATION_DATASETS), help="the layout under --root"
     )

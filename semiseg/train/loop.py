@@ -162,10 +162,12 @@ def _fit(
 
     val_loader = loaders.val_loader(info)
     show_bar = info.is_main and (progress if progress is not None else sys.stderr.isatty())
+    bar = _progress(total_iters, state.iteration, show_bar)  # over the whole run, so its ETA is the run's
     stopped_early, logs = False, {}
     for epoch in range(state.epoch, cfg.train.epochs):
         start, t0 = state.batch_in_epoch, time.time()
-        bar = _progress(loaders.iters_per_epoch, start, epoch, cfg.train.epochs, show_bar)
+        if bar is not None:
+            bar.set_description(f"epoch {epoch + 1}/{cfg.train.epochs}")
         step.model.train()
         for b, (labeled, unlabeled) in enumerate(loaders.epoch(epoch, start), start=start):
             try:
@@ -191,8 +193,6 @@ def _fit(
                 break
             if stop.requested(info, device):
                 break
-        if bar is not None:
-            bar.close()
         log.info(f"epoch {epoch + 1}/{cfg.train.epochs}: {format_logs(logs)} ({time.time() - t0:.1f}s)")
         epoch_done = state.batch_in_epoch >= loaders.iters_per_epoch
         if stop.signum is not None and not epoch_done:  # mid-epoch: save where we are, nothing else
@@ -218,6 +218,8 @@ def _fit(
                 f"stopped at train.max_iters={cfg.train.max_iters}; run again with the same --out to resume"
             )
             break
+    if bar is not None:
+        bar.close()
     log.plot_curves(task.primary_metric)
     log.close()
     return {"state": state, "best": dict(state.best)}
@@ -233,14 +235,12 @@ def _interrupted(stop: StopRequest, state: TrainState, latest: Path, log: RunLog
     return RunInterrupted(message, stop.signum)
 
 
-def _progress(total: int, start: int, epoch: int, epochs: int, show: bool):
+def _progress(total: int, start: int, show: bool):
     if not show:
         return None
     from tqdm import tqdm
 
-    return tqdm(
-        total=total, initial=start, desc=f"epoch {epoch + 1}/{epochs}", dynamic_ncols=True, leave=False
-    )
+    return tqdm(total=total, initial=start, unit="it", dynamic_ncols=True, leave=False)
 
 
 def _evaluate_all(

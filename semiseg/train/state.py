@@ -19,7 +19,7 @@ import torch
 from semiseg.config import Config, lookup
 from semiseg.errors import SemisegError
 from semiseg.io import atomic_path
-from semiseg.models.checkpoints import CHECKPOINT_FORMAT
+from semiseg.models.checkpoints import CHECKPOINT_FORMAT, FORMAT_VERSION
 from semiseg.train.distributed import DistInfo
 from semiseg.train.run_folder import config_changes
 
@@ -136,10 +136,15 @@ def checkpoint_payload(
     cfg: Config, step: Any, state: TrainState, classes: list[str], rng: list[dict]
 ) -> dict[str, Any]:
     """Everything a resume needs (model, EMA, optimiser, scaler, method state, position, RNGs, config) and what a
-    user of the weights needs (`meta`: task, encoder, classes, normalisation, which model scored best)."""
-    model = step.model
+    user of the weights needs (`meta`: task, encoder, classes, input, training data and crop, the best score and
+    which model made it, versions, the pretrained weights and their licence)."""
+    from semiseg.version import __version__
+
+    model, d = step.model, cfg.data
+    spec = model.spec
     return {
         "format": CHECKPOINT_FORMAT,
+        "format_version": FORMAT_VERSION,
         "model": model.state_dict(),
         "ema": step.ema.state_dict() if step.ema is not None else None,
         "optimizer": step.optimizer.state_dict(),
@@ -152,12 +157,21 @@ def checkpoint_payload(
         "meta": {
             "task": cfg.task,
             "encoder": cfg.model.encoder,
-            "nclass": cfg.data.nclass,
+            "nclass": d.nclass,
             "classes": list(classes),
+            "bands": spec.bands,
             "patch_size": model.patch_size,
             "mean": list(model.mean),
             "std": list(model.std),
+            "crop_size": d.crop_size,
+            "training_data": {"dataset": d.dataset, "root": d.root, "split": d.split, "val_list": d.val_list},
+            "best": {k: state.best.get(k) for k in ("value", "source", "epoch")}
+            | {"metric": step.primary_metric},
             "best_source": state.best.get("source"),
+            "pretrained_weights": cfg.model.weights,
+            "pretrained_license": spec.weights_license if cfg.model.weights else None,
+            "toolkit_version": __version__,
+            "torch_version": str(torch.__version__),  # a str subclass, which weights_only loading refuses
         },
     }
 

@@ -87,6 +87,7 @@ class TrainStep:
             )
         teacher = ema.model if ema is not None and cfg.method.teacher == "ema" else model
         self.models = Models(student=student, teacher=teacher, raw_student=model)
+        self.primary_metric = get_task(cfg.task).primary_metric
 
     @classmethod
     def from_config(
