@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the scene, the run and the outputs")
     p.add_argument("--size", type=int, default=2048, help="scene side in px")
     p.add_argument(
-        "--iters", type=int, default=480, help="training iterations (480: about 75 s on 2 CPU cores)"
+        "--iters", type=int, default=480, help="training iterations (480: about 1.5 minutes on 2 CPU cores)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the scene and the run")
     return parser

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +146,23 @@ def test_write_semicd_splits_reads_train_list_and_writes_percent_folders(tmp_pat
     assert labeled == semicd_splits(names)[10][0] and len(unlabeled) == 36
     with pytest.raises(SemisegError, match="no train list"):
         write_semicd_splits(tmp_path / "empty", tmp_path / "out")
+
+
+def test_splits_refuse_a_percentage_that_labels_nothing_and_take_a_list(tmp_path, capsys):
+    from semicd.cli import main as semicd_main
+
+    names = [f"t{i:02d}.png" for i in range(48)]
+    with pytest.raises(
+        SemisegError, match=r"1% of 48 tiles labels none: use a larger percentage \(at least 2.08%\)"
+    ):
+        semicd_splits(names, percents=(1, 5))
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "train.txt").write_text(
+        "\n".join(names) + "\n"
+    )  # a layout without train.txt in its root
+    code = semicd_main(["splits", "--root", str(tmp_path), "--list", str(tmp_path / "list" / "train.txt"),
+                        "--out", str(tmp_path / "splits"), "--percents", "5,10"])  # fmt: skip
+    assert code == 0 and json.loads(capsys.readouterr().out) == {"5%": 2, "10%": 4}
+    with pytest.raises(SemisegError, match="points outside the data root"):
+        (tmp_path / "bad.txt").write_text("../escape.png\n")
+        read_name_list(tmp_path / "bad.txt")

@@ -114,6 +114,12 @@ def test_vertical_flips_apply_to_segmentation():
         (["data.batch_size=0"], "data.batch_size must be at least 1"),
         (["method.ema_decay=2"], "method.ema_decay must lie in"),
         (["train.max_iters=0"], "train.max_iters must be at least 1"),
+        (["data.crop_size=0"], "data.crop_size must be a positive multiple of 14"),
+        (["train.eval_every=0"], "train.eval_every must be at least 1"),
+        (["train.log_every=0"], "train.log_every must be at least 1"),
+        (["optim.lr=-1e-3"], "optim.lr and optim.lr_multi must be positive"),
+        (["data.workers=-1"], "data.workers must be 0 or more"),
+        (["data.hflip=1.5"], r"data.hflip must lie in \[0, 1\]"),
         (["method.name=supervised", "method.extras=[prevmatch]"], "semi-supervised base method"),
     ],
 )  # fmt: skip

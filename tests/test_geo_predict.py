@@ -240,8 +240,11 @@ def test_real_pair_with_different_crs_predicts_after_reprojection(tmp_path):
     with pytest.raises(SemisegError, match="--align reproject"):
         open_pair(before, after, bands=[1])
     out = tmp_path / "change.tif"
+    # the user is told the output covers only the intersection
+    with pytest.warns(UserWarning, match="only partly overlap"):
+        pair = open_pair(before, after, align="reproject", bands=[1])
     summary = predict_raster(
-        open_pair(before, after, align="reproject", bands=[1]),
+        pair,
         toy_predictor,
         out,
         window=112,

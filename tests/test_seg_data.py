@@ -386,3 +386,10 @@ def test_registry_has_benchmark_class_counts_and_names() -> None:
     }  # fmt: skip
     assert class_names("pascal", 21)[15] == "person" and class_names("cityscapes", 19)[-1] == "bicycle"
     assert class_names("ade20k", 150)[149] == "class_149"
+
+
+@pytest.mark.parametrize("line", ["/etc/passwd m.png", "img/../../secret.jpg m.png", "a.jpg ../masks/a.png"])
+def test_split_entries_must_stay_inside_the_data_root(tmp_path: Path, line: str) -> None:
+    (tmp_path / "list.txt").write_text(f"ok.jpg ok.png\n{line}\n")
+    with pytest.raises(SemisegError, match=r"list.txt:2: .* points outside the data root"):
+        read_split_file(tmp_path / "list.txt")

@@ -15,7 +15,7 @@ Choices (a tiny encoder from random init on a CPU, so these are ours, not the pa
   unchanged, a lower threshold mostly feeds back confident "unchanged" pseudo-labels.
 - 112 px windows cropped to 84 px (6 x 6 tokens), batch 8; 10 % of windows labeled, 15 % val, the rest
   unlabeled, given as area polygon files (`out/areas/*.gpkg`) as a user would mark annotated areas.
-- A fixed iteration budget (`iters`, default 480: about 75 s on two idle CPU cores), not a time budget: the
+- A fixed iteration budget (`iters`, default 480: about 1.5 minutes on two idle CPU cores), not a time budget: the
   result must not depend on how busy the machine is.
 """
 
@@ -246,9 +246,8 @@ def run_demo(out: str | Path, size: int = 2048, iters: int = 480, seed: int = 0)
         [scene.before, scene.after],
         change_path,
         device=pick_device("auto"),
-        window=default_window(
-            model
-        ),  # the training crop: measured best on this scene (IoU 57 vs 34 at 224 px)
+        # the training crop: measured best on this scene (change IoU 57 against 34 with 224 px windows)
+        window=default_window(model),
         overlap=0.25,
         batch_size=8,
         num_workers=0,
