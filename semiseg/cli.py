@@ -70,8 +70,8 @@ def add_command(
 def add_config_args(p: argparse.ArgumentParser, config_required: bool, hint: str = "") -> None:
     p.add_argument("--config", required=config_required, help=f"YAML config (see configs/README.md){hint}")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config key, e.g. --set data.root=/data/VOC (repeatable; values parsed as YAML)",
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+        help="override config keys, e.g. --set data.root=/data/VOC data.split=92 (repeatable; values parsed as YAML)",
     )  # fmt: skip
 
 

@@ -386,3 +386,9 @@ def test_scene_bands_default_to_what_the_model_takes(tmp_path, capsys):
     assert semiseg_main(
         ["predict", "--image", str(tmp_path / "b1.tif"), "--out", str(tmp_path / "o1.tif"), "--bands", "1,1,1", *common]
     ) == 0  # fmt: skip
+
+
+@pytest.mark.parametrize("parser", [semiseg_parser, semicd_parser])
+def test_set_takes_several_pairs_per_flag_and_repeats(parser):
+    args = parser().parse_args(["train", "--out", "o", "--set", "a.b=1", "c.d=[2, 3]", "--set", "e.f=x"])
+    assert args.overrides == ["a.b=1", "c.d=[2, 3]", "e.f=x"]

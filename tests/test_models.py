@@ -353,5 +353,7 @@ def test_inconsistent_checkpoints_are_one_line_errors(tmp_path, change, message)
 
 def test_an_empty_checkpoint_file_is_a_one_line_error(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
-    with pytest.raises(SemisegError, match=r"empty.pt is not a readable checkpoint"):
+    with pytest.raises(
+        SemisegError, match=r"empty.pt is not a readable checkpoint: the file is empty \(0 bytes\)$"
+    ):
         load_model(tmp_path / "empty.pt")

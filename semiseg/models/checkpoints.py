@@ -112,6 +112,8 @@ def _load_weights(model: Segmentor, state: dict[str, torch.Tensor], source: str)
 def _read_checkpoint_file(path: Path) -> Any:
     if not path.is_file():
         raise SemisegError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise SemisegError(f"{path} is not a readable checkpoint: the file is empty (0 bytes)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

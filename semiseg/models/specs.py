@@ -61,10 +61,10 @@ class EncoderSpec:
         """Refuse a size the encoder cannot take, proposing the nearest one that works."""
         p = self.patch_size
         if side <= 0 or side % p:
-            lower, upper = max(p, side // p * p), (side // p + 1) * p
+            nearest = sorted({max(p, side // p * p), max(p, (side // p + 1) * p)})
             raise SemisegError(
                 f"{what} must be a positive multiple of {p} (the {self.name} encoder's patch size), got {side}; "
-                f"use {lower} or {upper}"
+                f"use {' or '.join(map(str, nearest))}"
             )
 
 
