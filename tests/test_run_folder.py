@@ -63,6 +63,24 @@ def test_a_second_run_on_a_busy_folder_is_refused_and_a_stale_lock_is_taken_over
     assert (out / "latest.pt").is_file() and not (out / LOCK_NAME).exists()  # released at the end
 
 
+def test_a_lock_from_another_host_is_respected_and_one_naming_this_process_is_stale(tmp_path):
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    out = tmp_path / "run"
+    out.mkdir()
+    other = {"pid": os.getpid(), "host": "another-node", "started": "2026-12-01 10:00:00"}
+    (out / LOCK_NAME).write_text(
+        json.dumps(other)
+    )  # a shared filesystem: we cannot see that host's processes
+    with pytest.raises(
+        SemisegError, match=r"on another-node .* \(if that process is gone, delete .*\.lock\)$"
+    ):
+        train(_cfg(split), out, progress=False)
+    # A restarted container keeps its host name and may give this process the id the dead run had.
+    (out / LOCK_NAME).write_text(json.dumps({**other, "host": os.uname().nodename}))
+    train(_cfg(split, "train.max_iters=1"), out, progress=False)
+    assert (out / "latest.pt").is_file() and not (out / LOCK_NAME).exists()
+
+
 def test_a_run_refused_before_training_leaves_no_folder(tmp_path):
     split = make_segmentation_benchmark(tmp_path, "folder")
     with pytest.raises(SemisegError, match="weights file not found"):

@@ -30,6 +30,15 @@ from semiseg.train.run_log import RunLog
 LOCK_NAME = ".lock"
 
 
+def _stale(owner: dict[str, Any]) -> bool:
+    """A lock left by a process of this host that is gone. A lock naming our own process id is stale too: a
+    restarted container reuses its host name and process ids, and a live owner cannot be this process."""
+    if owner.get("host") != socket.gethostname():
+        return False  # another machine's process: we cannot tell, so we do not take its folder
+    pid = int(owner.get("pid", -1))
+    return pid == os.getpid() or not _alive(pid)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -50,19 +59,19 @@ class RunLock:
     def check_free(self) -> None:
         """Refuse at once when a live process owns the folder (nothing is written)."""
         owner = self._owner() if self.path.exists() else None
-        if owner is not None and not (
-            owner.get("host") == socket.gethostname() and not _alive(int(owner.get("pid", -1)))
-        ):
+        if owner is not None and not _stale(owner):
             raise SemisegError(self._in_use(owner))
 
-    @staticmethod
-    def _in_use(owner: dict[str, Any] | None) -> str:
+    def _in_use(self, owner: dict[str, Any] | None) -> str:
         who = (
             f"process {owner.get('pid')} on {owner.get('host')} since {owner.get('started')}"
             if owner
             else "another process"
         )
-        return f"the run folder is in use by {who}: wait for it to finish or use another --out"
+        return (
+            f"the run folder is in use by {who}: wait for it to finish or use another --out "
+            f"(if that process is gone, delete {self.path})"
+        )
 
     def acquire(self) -> None:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -71,16 +80,10 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = self._owner()
-                if (
-                    owner is not None
-                    and owner.get("host") == me["host"]
-                    and not _alive(int(owner.get("pid", -1)))
-                ):
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                if owner is not None and _stale(owner):
+                    self.path.unlink(missing_ok=True)
                     continue
-                raise SemisegError(
-                    f"{self._in_use(owner)} (if that process is gone, delete {self.path})"
-                ) from None
+                raise SemisegError(self._in_use(owner)) from None
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             self.held = True
