@@ -274,6 +274,7 @@ def model_card(model: Segmentor, extra: dict[str, Any] | None = None) -> dict[st
     for key in ("crop_size", "training_data", "best", "pretrained_weights", "pretrained_license"):
         if recorded.get(key) is not None:
             card[key] = recorded[key]
+    # torch.__version__ is a str subclass, which weights_only loading refuses
     card.update(toolkit_version=__version__, torch_version=str(torch.__version__))
     card.update(extra or {})
     return card

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from semiseg.config import Config, lookup
+from semiseg.config import Config
 from semiseg.errors import SemisegError
 from semiseg.io import atomic_path
-from semiseg.models.checkpoints import CHECKPOINT_FORMAT, FORMAT_VERSION
+from semiseg.models.checkpoints import CHECKPOINT_FORMAT, FORMAT_VERSION, model_card
 from semiseg.train.distributed import DistInfo
 from semiseg.train.run_folder import config_changes
 
@@ -69,18 +69,14 @@ def check_resume(ckpt: dict[str, Any], cfg: Config, path: Path, total_iters: int
     Anything else is allowed; the caller logs it and keeps the new segment's config.
     """
     changes = config_changes(ckpt["config"], cfg.to_dict())
-    changed = {key for key, _, _ in changes}
+    changed = {key: (before, now) for key, before, now in changes}
     for key in FIXED_ON_RESUME:
         if key in changed:
             raise SemisegError(
-                f"{path} was trained with {key}={lookup(ckpt['config'], key)!r} but the config says "
-                f"{lookup(cfg.to_dict(), key)!r}: use a new --out folder to start a different run"
+                f"{path} was trained with {key}={changed[key][0]!r} but the config says {changed[key][1]!r}: "
+                "use a new --out folder to start a different run"
             )
-    needs = [
-        f"{k}: {lookup(ckpt['config'], k)!r} -> {lookup(cfg.to_dict(), k)!r}"
-        for k in CONSENT_ON_RESUME
-        if k in changed
-    ]
+    needs = [f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in CONSENT_ON_RESUME if k in changed]
     saved_iters = ckpt["state"].get("total_iters", 0)
     if saved_iters and saved_iters != total_iters:
         needs.append(
@@ -136,12 +132,9 @@ def checkpoint_payload(
     cfg: Config, step: Any, state: TrainState, classes: list[str], rng: list[dict]
 ) -> dict[str, Any]:
     """Everything a resume needs (model, EMA, optimiser, scaler, method state, position, RNGs, config) and what a
-    user of the weights needs (`meta`: task, encoder, classes, input, training data and crop, the best score and
-    which model made it, versions, the pretrained weights and their licence)."""
-    from semiseg.version import __version__
-
+    user of the weights needs (`meta`: the model card an export also carries, with the training data and crop, the
+    best score and which model made it, the pretrained weights and their licence)."""
     model, d = step.model, cfg.data
-    spec = model.spec
     return {
         "format": CHECKPOINT_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -154,25 +147,25 @@ def checkpoint_payload(
         "rng": rng,
         "sample_keying": SAMPLE_KEYING,
         "config": cfg.to_dict(),
-        "meta": {
-            "task": cfg.task,
-            "encoder": cfg.model.encoder,
-            "nclass": d.nclass,
-            "classes": list(classes),
-            "bands": spec.bands,
-            "patch_size": model.patch_size,
-            "mean": list(model.mean),
-            "std": list(model.std),
-            "crop_size": d.crop_size,
-            "training_data": {"dataset": d.dataset, "root": d.root, "split": d.split, "val_list": d.val_list},
-            "best": {k: state.best.get(k) for k in ("value", "source", "epoch")}
-            | {"metric": step.primary_metric},
-            "best_source": state.best.get("source"),
-            "pretrained_weights": cfg.model.weights,
-            "pretrained_license": spec.weights_license if cfg.model.weights else None,
-            "toolkit_version": __version__,
-            "torch_version": str(torch.__version__),  # a str subclass, which weights_only loading refuses
-        },
+        "meta": model_card(
+            model,
+            {
+                "task": cfg.task,
+                "classes": list(classes),
+                "crop_size": d.crop_size,
+                "training_data": {
+                    "dataset": d.dataset,
+                    "root": d.root,
+                    "split": d.split,
+                    "val_list": d.val_list,
+                },
+                "best": {k: state.best.get(k) for k in ("value", "source", "epoch")}
+                | {"metric": step.primary_metric},
+                "best_source": state.best.get("source"),
+                "pretrained_weights": cfg.model.weights,
+                "pretrained_license": model.spec.weights_license if cfg.model.weights else None,
+            },
+        ),
     }
 
 
