@@ -13,7 +13,9 @@ from semiseg.task import DatasetSpec, Task
 
 # `data.*` keys each kind of change-detection data reads beyond the common ones.
 TILE_KEYS = frozenset({"root", "split", "unlabeled_root", "unlabeled_list", "val_list"})
-SCENE_KEYS = frozenset({"before", "after", "label", "window", "bands", "min_valid", "areas", "fractions"})
+SCENE_KEYS = frozenset(
+    {"before", "after", "label", "window", "bands", "min_valid", "areas", "fractions", "stretch"}
+)
 
 
 def _tiles(cfg: Any, request: Any) -> Any:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,21 +35,113 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line (what was wrong and where the help is) and exit code 2, without the
+    usage block that buries the reason."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def one_line(err: BaseException) -> str:
+    """The message of a user error on one line.
+
+    An error raised in a DataLoader worker comes back with the worker's traceback inside its message ("Caught
+    SemisegError in DataLoader worker process 0. Original Traceback ..."): its last line holds the real message.
+    """
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = re.sub(r"^[\w.]*SemisegError: ", "", last)
+    return " ".join(text.split("\n")[0].split()) if "\n" in text else text
+
+
 def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    """Parse, dispatch, and turn user errors into one line on stderr and a non-zero exit code."""
+    """Parse, dispatch, and turn user errors into one line on stderr and a non-zero exit code.
+
+    SIGTERM is handled like Ctrl-C (temporaries removed, earlier outputs untouched; see `semiseg.stopping`;
+    training installs its own clean-stop handler on top); SIGXFSZ is ignored so a file-size limit (`ulimit -f`) fails the write with a
+    message instead of killing the process mid-file.
+    """
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    from semiseg import stopping
+
+    stopping.reset()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, stopping.handle)
+        if hasattr(signal, "SIGXFSZ"):
+            previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return int(args.handler(args) or 0)
     except SemisegError as err:
         code = getattr(err, "exit_code", None)  # a clean stop on a signal is not an error in the input
-        print(f"{parser.prog}: {'' if code else 'error: '}{err}", file=sys.stderr)
+        print(f"{parser.prog}: {'' if code else 'error: '}{one_line(err)}", file=sys.stderr)
         return code or 2
     except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        print(
+            f"{parser.prog}: interrupted; temporary files removed, earlier outputs untouched", file=sys.stderr
+        )
         return 130
+    except stopping.Terminated as stop:
+        print(
+            f"{parser.prog}: stopped by {stop}; temporary files removed, earlier outputs untouched",
+            file=sys.stderr,
+        )
+        return 128 + stop.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# option types: a bad value is refused by the parser, before anything loads
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def band_list(text: str) -> list[int]:
+    """`1,2,3` -> [1, 2, 3] (1-based band numbers)."""
+    try:
+        bands = [int(b) for b in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give 1-based band numbers separated by commas, e.g. 1,2,3"
+        ) from None
+    if not bands or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: band numbers start at 1")
+    return bands
+
+
+def device_name(text: str) -> str:
+    """`auto`, `cpu`, `mps`, `cuda` or `cuda:N` (whether it exists is checked when the command runs)."""
+    if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown device {text!r}: use auto, cpu, cuda or cuda:N")
+
+
+def stretch_rule(text: str) -> str:
+    from semiseg.geo.pair import parse_stretch  # light: rasterio only, no torch
+
+    try:
+        return str(parse_stretch(text))
+    except SemisegError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def record_command(path: Path, args: argparse.Namespace, result: dict | None = None) -> Path:
@@ -166,9 +261,7 @@ def make_parser(
     """The parser of a task's command with the commands every task has: train, eval, export (`examples`: a
     command line per command, shown below its help)."""
     examples = examples or {}
-    parser = argparse.ArgumentParser(
-        prog=task.command, description=description, formatter_class=HelpFormatter
-    )
+    parser = ArgumentParser(prog=task.command, description=description, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"{task.command} {__version__}")
     sub = parser.add_subparsers(title="commands")
 
@@ -201,7 +294,7 @@ def make_parser(
     p.add_argument("--which", choices=["auto", "ema", "model"], default="auto", help=WHICH_HELP)
     p.add_argument("--mode", choices=["original", "sliding_window"], default=None, help="override eval.mode")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped prediction")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N")
 
     p = add_command(
         sub, "export", cmd_export(task), "write release weights: <out>.safetensors + <out>.yaml",
@@ -225,49 +318,61 @@ def add_scene_options(p: argparse.ArgumentParser) -> None:
         "on, else 36 patches: 504 px for DINOv2)",
     )  # fmt: skip
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction")
-    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers reading windows")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int_at_least(1), default=4, help="windows per forward pass")
+    p.add_argument("--workers", type=int_at_least(0), default=2, help="DataLoader workers reading windows")
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
-        "--bands", help="1-based bands to use, e.g. 1,2,3 (default: the first as many as the model takes)"
-    )
+        "--bands", type=band_list,
+        help="1-based bands to use, e.g. 1,2,3 (default: the first as many as the model takes, alpha skipped)",
+    )  # fmt: skip
     p.add_argument("--nodata", type=float, default=None, help="treat this input value as nodata")
+    p.add_argument(
+        "--stretch", type=stretch_rule, default=None,
+        help="how non-8-bit inputs reach 0..255: shared (2-98 %% percentiles of all dates pooled), per-date, "
+        "none (clip), fixed:MIN,MAX, or auto (uint8 as is, else shared) (default: what the model was trained "
+        "with, else auto)",
+    )  # fmt: skip
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped prediction")
-    p.add_argument("--probs", help="also write a probability raster (uint8 0-254, 255 nodata)")
-    p.add_argument("--polygons", help="also write polygons (.gpkg or .geojson)")
+    p.add_argument(
+        "--probs", help="also write a probability raster (uint8 0-254 with band scale 1/254, 255 nodata)"
+    )
+    p.add_argument("--polygons", help="also write polygons (.gpkg or .geojson) with a QGIS style")
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this many m²")
+    p.add_argument(
+        "--simplify", type=float, default=0.0, help="simplify polygon outlines to this tolerance (CRS units)"
+    )
+    p.add_argument(
+        "--yes", action="store_true",
+        help="run a scene above a gigapixel without asking (otherwise its estimated time and size are shown first)",
+    )  # fmt: skip
     p.add_argument("--which", choices=["auto", "ema", "model"], default="auto", help=WHICH_HELP)
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast on the device")
 
 
-def _bands(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        return [int(b) for b in text.split(",")]
-    except ValueError:
-        raise SemisegError(
-            f"--bands {text!r}: give 1-based band numbers separated by commas, e.g. 1,2,3"
-        ) from None
-
-
 def predict_scene_command(args: argparse.Namespace, task: Task, rasters: Sequence[str]) -> int:
     """The body of every task's GeoTIFF `predict`: check inputs, load the model, tile-and-predict, record."""
-    from semiseg.devices import pick_device
     from semiseg.models.checkpoints import load_model
-    from semiseg.predict import check_rasters_exist, default_window, predict_scene
+    from semiseg.predict import check_rasters_exist
 
     check_rasters_exist(rasters)  # before loading what may be a large model
     model = load_model(args.checkpoint, task=task.name, which=args.which)
-    summary = predict_scene(
-        model, rasters, args.out, device=pick_device(args.device), amp=args.amp, align=getattr(args, "align", "error"),
-        bands=_bands(args.bands), nodata=args.nodata, window=args.window or default_window(model), overlap=args.overlap,
-        batch_size=args.batch_size, num_workers=args.workers, probs_path=args.probs, polygons_path=args.polygons,
-        threshold=getattr(args, "threshold", None), tta=args.tta, min_area_m2=args.min_area,
-        tags={"classes": ",".join(model.meta["classes"]), "checkpoint": Path(args.checkpoint).name,
-              "checkpoint_sha256": model.meta["source_sha256"], "task": task.name},
-    )  # fmt: skip
+    summary = _predict_scene(args, task, rasters, model)
     out = Path(args.out)
     record_command(out.with_name(out.stem + ".predict.yaml"), args, summary)
     print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _predict_scene(args: argparse.Namespace, task: Task, rasters: Sequence[str], model: Any) -> dict:
+    from semiseg.devices import pick_device
+    from semiseg.predict import default_window, predict_scene
+
+    return predict_scene(
+        model, rasters, args.out, device=pick_device(args.device), amp=args.amp, align=getattr(args, "align", "error"),
+        bands=args.bands, nodata=args.nodata, stretch=args.stretch, window=args.window or default_window(model),
+        overlap=args.overlap, batch_size=args.batch_size, num_workers=args.workers, probs_path=args.probs,
+        polygons_path=args.polygons, threshold=getattr(args, "threshold", None), tta=args.tta,
+        min_area_m2=args.min_area, simplify=args.simplify, yes=args.yes,
+        tags={"classes": ",".join(model.meta["classes"]), "checkpoint": Path(args.checkpoint).name,
+              "checkpoint_sha256": model.meta["source_sha256"], "task": task.name},
+    )  # fmt: skip

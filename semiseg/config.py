@@ -89,6 +89,11 @@ class DataConfig:
         None, "1-based bands to read (default: the first as many as the encoder takes)"
     )
     min_valid: float = _opt(0.5, "skip windows valid (not nodata) in both dates for less than this fraction")
+    stretch: str = _opt(
+        "auto",
+        "how non-8-bit bands reach 0..255: auto (uint8 as is, else shared), shared (2-98 % percentiles of both "
+        "dates pooled), per-date, none (clip), or fixed:MIN,MAX; predict reuses it unless --stretch is given",
+    )
     areas: dict[str, str] | None = _opt(
         None, "`{labeled: file, unlabeled: file, val: file}` polygon files assigning windows by their centre"
     )

@@ -19,3 +19,15 @@ def did_you_mean(name: object, options: Iterable[str]) -> str:
     """` (did you mean 'x'?)` for the closest option, or nothing when none is close."""
     close = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def error_reason(exc: BaseException) -> str:
+    """The most specific first line of an exception chain.
+
+    rasterio raises "Read failed. See previous exception for details." with GDAL's actual reason (which file,
+    band and block) as its cause: that reason is what a user needs to see.
+    """
+    while exc.__cause__ is not None and exc.__cause__ is not exc:
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

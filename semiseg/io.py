@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -34,6 +35,38 @@ def temp_path_for(path: str | os.PathLike, suffix: str | None = None) -> Path:
     p = Path(path)
     ext = p.suffix if suffix is None else suffix
     return p.with_name(f".{p.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{ext}")
+
+
+TEMP_NAME = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.tmp[^/]*$")  # what `temp_path_for` makes
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete temporary files beside `path` left by our processes that no longer run (a `kill -9`, a power cut).
+
+    Only names of `temp_path_for`'s form are touched, and only when the process id in the name is not running (or
+    is this process, which has not started writing yet when this is called). Returns what was removed.
+    """
+    folder = Path(path).parent
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in folder.iterdir():
+            match = TEMP_NAME.match(entry.name)
+            if match and entry.is_file() and not _running_elsewhere(int(match.group(1))):
+                remove_quietly([entry])
+                removed.append(entry)
+    return removed
+
+
+def _running_elsewhere(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 
 
 def remove_quietly(paths: Iterable[str | os.PathLike]) -> None:

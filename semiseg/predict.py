@@ -58,6 +58,41 @@ def default_window(model: Segmentor) -> int:
     return int(trained) if trained else 36 * model.patch_size
 
 
+LARGE_SCENE_MEGAPIXELS = 1000.0  # above this, predict_scene wants `yes=True` (a gigapixel: hours on a CPU)
+
+
+def check_scene_size(scene, predictor: ModelPredictor, window: int, overlap: float, batch_size: int) -> None:
+    """Refuse a scene above `LARGE_SCENE_MEGAPIXELS` with what it would cost: windows, output size, and the time
+    at the speed of one batch measured here on the chosen device (the second of two, after warm-up)."""
+    import time
+
+    from semiseg.geo.windows import make_grid
+
+    megapixels = scene.height * scene.width / 1e6
+    if megapixels <= LARGE_SCENE_MEGAPIXELS:
+        return
+    grid = make_grid(scene.height, scene.width, window, overlap, predictor.patch_size)
+    batch = tuple(
+        torch.zeros(batch_size, scene.num_bands, window, window, dtype=torch.uint8) for _ in scene.sources
+    )
+    for _ in range(2):
+        start = time.perf_counter()
+        predictor(batch)
+        seconds = time.perf_counter() - start
+    hours = seconds * len(grid) / batch_size / 3600
+    raise SemisegError(
+        f"the scene is {scene.height} x {scene.width} px ({megapixels:,.0f} MP, {len(grid):,} windows of {window} px): "
+        f"about {hours:,.1f} h on {predictor.device} at the measured {seconds / batch_size:.3g} s per window, and up "
+        f"to {megapixels / 1e3:,.1f} GB per output raster before compression; pass --yes to run it anyway"
+    )
+
+
+def stretch_trained_with(model: Segmentor) -> str:
+    """The input stretch rule the model was trained with (`data.stretch`), or `auto` when it does not say."""
+    config = getattr(model, "meta", {}).get("config") or {}
+    return str((config.get("data") or {}).get("stretch") or "auto")
+
+
 def check_rasters_exist(rasters: Sequence[str | os.PathLike]) -> None:
     for path in rasters:
         if not Path(path).exists():
@@ -122,16 +157,19 @@ def predict_scene(
     align: str = "error",
     bands: Sequence[int] | None = None,
     nodata: float | None = None,
+    stretch: str | None = None,
     tags: Mapping[str, object] | None = None,
     progress: bool | None = None,
+    yes: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Tile-and-predict a scene (one raster per date, in the model's date order) into a georeferenced class map.
 
     `options` go to `semiseg.geo.predict.predict_raster` (window, overlap, batch_size, num_workers, probs_path,
-    polygons_path, threshold, tta, min_area_m2). `bands` (1-based) default to the first as many as the encoder
-    takes; the rasters are checked before any compute; nodata also shapes the percentile stretch of non-uint8
-    inputs, so it goes to the scene, not only to the writer.
+    polygons_path, threshold, tta, min_area_m2, simplify). `bands` (1-based) default to the first as many as the
+    encoder takes, skipping an alpha band; the rasters are checked before any compute; nodata also shapes the
+    stretch of non-uint8 inputs, so it goes to the scene, not only to the writer. `stretch` defaults to the rule
+    the model was trained with (`auto` when unknown). A scene above `LARGE_SCENE_MEGAPIXELS` needs `yes=True`.
     """
     from semiseg.geo.pair import open_scene
     from semiseg.geo.predict import predict_raster
@@ -139,7 +177,8 @@ def predict_scene(
     if len(rasters) != model.num_images:
         raise SemisegError(f"this model takes {model.num_images} raster(s) per scene, got {len(rasters)}")
     check_rasters_exist(rasters)
-    scene = open_scene(list(rasters), align=align, bands=bands, nodata=nodata)
+    stretch = stretch or stretch_trained_with(model)
+    scene = open_scene(list(rasters), align=align, bands=bands, nodata=nodata, stretch=stretch)
     wanted = model.spec.bands
     if bands is None and scene.num_bands > wanted:
         scene = scene.first_bands(wanted)
@@ -149,12 +188,17 @@ def predict_scene(
             f"the model takes {wanted} band(s) but {given}: pass --bands with {wanted} numbers "
             f"(e.g. --bands {','.join(['1'] * wanted)} to repeat the first band)"
         )
+    predictor = make_predictor(model, device, amp)
+    if not yes:
+        window = options.get("window", default_window(model))
+        check_scene_size(scene, predictor, window, options.get("overlap", 0.25), options.get("batch_size", 4))
     return predict_raster(
         scene,
-        make_predictor(model, device, amp),
+        predictor,
         out,
         progress=sys.stderr.isatty() if progress is None else progress,
         tags=tags,
         num_classes=model.nclass,
+        class_names=model.meta.get("classes"),
         **options,
     )

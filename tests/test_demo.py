@@ -91,7 +91,7 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path):
     assert change.shape == (1, 384, 384)
     assert crs == scene_crs and transform == scene_transform
     assert set(np.unique(change)) <= {0, 1, 255}
-    polygons = gpd.read_file(result["paths"]["polygons"])
+    polygons = gpd.read_file(result["paths"]["polygons"], layer="change")
     assert polygons.crs == scene_crs
     assert Image.open(result["paths"]["preview"]).size[0] > 300
 

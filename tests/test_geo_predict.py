@@ -111,7 +111,9 @@ def test_outputs_keep_grid_nodata_tags_tiling_and_overviews(tmp_path):
         assert ds.colormap(1)[1][:3] == (255, 0, 0)
         classes = ds.read(1)
     assert (classes[:10] == 255).all() and (classes[10:] != 255).all()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif", "change.tif"]
+    # the QGIS style and GDAL's attribute table come with the map; no temporary is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif", "change.qml", "change.tif",
+                                                          "change.tif.aux.xml"]  # fmt: skip
 
 
 def test_nodata_override_marks_collar_invalid(tmp_path):
@@ -164,13 +166,14 @@ def test_polygon_crossing_window_seams_is_one_feature(tmp_path):
         num_workers=0,
         polygons_path=polygons,
     )
-    gdf = gpd.read_file(polygons)
+    gdf = gpd.read_file(polygons, layer="change")
     assert len(gdf) == 1 and summary["num_polygons"] == 1
     assert gdf["class"][0] == 1
     assert gdf["area_m2"][0] == pytest.approx(21 * 81 * 4.0)
     assert gdf["mean_prob"][0] == pytest.approx(round(0.8 * 254) / 254)
     assert gdf.crs.to_epsg() == 32631
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif", "change.gpkg", "change.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif", "change.gpkg", "change.qml",
+                                                          "change.tif", "change.tif.aux.xml"]  # fmt: skip
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])

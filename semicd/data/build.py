@@ -56,7 +56,7 @@ def build_scene_pair(cfg: Config, request: DataRequest) -> DataBundle:
         d.before, d.after, label=None if is_vector else d.label, change_polygons=d.label if is_vector else None,
         window=d.window, areas=d.areas,
         fractions=None if d.areas else {"labeled": d.fractions[0], "val": d.fractions[1]},
-        min_valid=d.min_valid, bands=tuple(d.bands or range(1, encoder_spec(cfg.model.encoder).bands + 1)), geometry=geometry_from_config(cfg),
+        min_valid=d.min_valid, stretch=d.stretch, bands=tuple(d.bands or range(1, encoder_spec(cfg.model.encoder).bands + 1)), geometry=geometry_from_config(cfg),
         seed=cfg.train.seed, training=request.training, with_unlabeled=request.unlabeled, nsample=d.nsample,
     )  # fmt: skip
     if val is None:

@@ -8,12 +8,12 @@ same grid (0/255 or 0/1) or from a vector file of change polygons, rasterised pe
 transform.
 
 Pixels: `bands` (1-based, default 1,2,3) are read. uint8 rasters are used as they are; anything else (uint16
-surface reflectance, float) is mapped to uint8 by a per-scene, per-band linear stretch between the 2nd and
-98th percentiles of the valid pixels, computed once on a decimated overview read (long side <= 1024 px). Each
-date is stretched with its own percentiles, which also absorbs part of the radiometric difference between
-dates.
+surface reflectance, float) is mapped to uint8 by the `stretch` rule (`data.stretch`, see `semiseg.geo.pair`):
+by default one per-band linear stretch between the 2nd and 98th percentiles of both dates' valid pixels
+pooled, computed once on a decimated read, so the stretch itself adds no difference between the dates.
+`semicd predict` applies the same rule to the scenes it maps.
 
-Nodata pixels inside a kept window get label 255 and ignore 255, so no loss ever sees them.
+Nodata pixels (and NaN/Inf values) inside a kept window get label 255 and ignore 255, so no loss ever sees them.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.features import rasterize
 from rasterio.windows import Window
@@ -35,7 +36,8 @@ from rasterio.windows import transform as window_transform_of
 from semiseg.data.geometry import GeometryConfig
 from semiseg.data.sample import CropDataset, Raw
 from semiseg.errors import SemisegError
-from semiseg.geo.pair import apply_stretch, grid_differences, open_raster, stretch_for
+from semiseg.geo.crs import equivalent_crs, short_crs
+from semiseg.geo.pair import apply_stretch, grid_differences, open_raster, parse_stretch, stretch_limits
 from semiseg.grid import window_starts
 
 from .tiles import cd_geometry, label_to_binary
@@ -81,7 +83,7 @@ def _check_bands(src: rasterio.DatasetReader, bands: Sequence[int], path: str | 
 
 
 def to_uint8(array: np.ndarray, stretch: tuple[tuple[float, float], ...] | None) -> np.ndarray:
-    """bands x H x W -> H x W x bands uint8 through the shared percentile stretch (identity for uint8)."""
+    """bands x H x W -> H x W x bands uint8 through the scene's stretch (identity for uint8 without one)."""
     return np.ascontiguousarray(apply_stretch(array, stretch).transpose(1, 2, 0))
 
 
@@ -121,17 +123,33 @@ def read_vector(path: str | Path, raster_crs, what: str) -> list:
     if not path.exists():
         raise SemisegError(f"{what} {path} does not exist: check the path")
     try:
-        frame = geopandas.read_file(path)
+        frame = geopandas.read_file(path, layer=_feature_layer(path))
     except Exception as err:  # pyogrio/fiona raise many types for unreadable files
         raise SemisegError(f"{what} {path} is not a readable vector file ({err})") from err
     if frame.crs is None:
-        warnings.warn(f"{what} {path} has no CRS: assuming the raster's ({raster_crs})", stacklevel=2)
-    elif raster_crs is not None and frame.crs != raster_crs:
         warnings.warn(
-            f"{what} {path} is in {frame.crs}: reprojecting it to the raster's {raster_crs}", stacklevel=2
+            f"{what} {path} has no CRS: assuming the raster's ({short_crs(raster_crs)})", stacklevel=2
+        )
+    elif raster_crs is not None and not equivalent_crs(CRS.from_wkt(frame.crs.to_wkt()), raster_crs):
+        vector_crs = short_crs(CRS.from_wkt(frame.crs.to_wkt()))
+        warnings.warn(
+            f"{what} {path} is in {vector_crs}: reprojecting it to the raster's {short_crs(raster_crs)}",
+            stacklevel=2,
         )
         frame = frame.to_crs(raster_crs)
     return [g for g in frame.geometry if g is not None and not g.is_empty]
+
+
+def _feature_layer(path: Path) -> str | None:
+    """The layer to read: the first one that is not a QGIS style table (our own GeoPackages carry one)."""
+    import pyogrio
+
+    try:
+        names = [str(name) for name, _ in pyogrio.list_layers(path)]
+    except Exception:  # unreadable: read_file reports it
+        return None
+    names = [n for n in names if n != "layer_styles"]
+    return names[0] if names else None
 
 
 def _window_centres(transform: Affine, boxes: Sequence[WindowBox]) -> tuple[np.ndarray, np.ndarray]:
@@ -214,6 +232,7 @@ class GeoTiffPairDataset(CropDataset):
         label: str | Path | None = None,
         change_polygons: str | Path | None = None,
         bands: Sequence[int] = (1, 2, 3),
+        stretch: str = "auto",
         geometry: GeometryConfig | None = None,
         nsample: int | None = None,
         seed: int = 0,
@@ -238,7 +257,8 @@ class GeoTiffPairDataset(CropDataset):
             _check_bands(a, self.bands, before)
             _check_bands(b, self.bands, after)
             self.transform, self.crs = a.transform, a.crs
-            self.stretch = (stretch_for(a, self.bands), stretch_for(b, self.bands))
+            limits, _ = stretch_limits((a, b), (self.bands, self.bands), None, parse_stretch(stretch))
+            self.stretch = tuple(limits)
         if not self.items:
             raise SemisegError(f"no windows for the {mode} set of {before}: check the areas and min_valid")
         self.geometries = None
@@ -312,11 +332,14 @@ class GeoTiffPairDataset(CropDataset):
         before, after, label_handle = self._open()
         win = self.window(index)
         bands = list(self.bands)
-        image_a = to_uint8(before.read(bands, window=win), self.stretch[0])
-        image_b = to_uint8(after.read(bands, window=win), self.stretch[1])
+        raw = [before.read(bands, window=win), after.read(bands, window=win)]
+        image_a, image_b = (to_uint8(r, s) for r, s in zip(raw, self.stretch))
         valid = (before.read_masks(bands, window=win) > 0).all(0) & (
             after.read_masks(bands, window=win) > 0
         ).all(0)
+        for r in raw:  # NaN/Inf are never valid, whatever the file's mask says
+            if np.issubdtype(r.dtype, np.floating):
+                valid &= np.isfinite(r).all(0)
         label = self._read_label(index, label_handle) if self.mode != "train_u" else None
         return [image_a, image_b], label, valid
 
@@ -333,6 +356,7 @@ def build_geotiff_pair_datasets(
     fractions: Mapping[str, float] | None = None,
     min_valid: float = 0.5,
     bands: Sequence[int] = (1, 2, 3),
+    stretch: str = "auto",
     crop_size: int | None = None,
     geometry: GeometryConfig | None = None,
     seed: int = 0,
@@ -363,8 +387,9 @@ def build_geotiff_pair_datasets(
         raise SemisegError("no labeled windows: enlarge the labeled area or the labeled fraction")
     geometry = geometry if geometry is not None else cd_geometry(crop_size)
     common = dict(
-        label=label, change_polygons=change_polygons, bands=bands, geometry=geometry, seed=seed, check=False
-    )
+        label=label, change_polygons=change_polygons, bands=bands, stretch=stretch, geometry=geometry, seed=seed,
+        check=False,
+    )  # fmt: skip
     unlabeled = [boxes[i] for i in assigned["unlabeled"]] if training and with_unlabeled else []
     val = [boxes[i] for i in assigned["val"]]
     labeled_ds = None

@@ -23,7 +23,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from semiseg.errors import SemisegError
-from semiseg.geo.pair import open_raster, stretch_for
+from semiseg.geo.pair import StretchRule, open_raster, stretch_limits
 from semiseg.io import IMAGE_EXTENSIONS, read_rgb, save_png_atomic, write_lines_atomic
 
 from .geotiff_pair import to_uint8
@@ -146,7 +146,9 @@ def prepare_whu(
         for src, path in zip(sources[:2], paths):
             if src.count < 3:
                 raise SemisegError(f"{path} has {src.count} band(s): WHU-CD images need 3 (RGB)")
-        stretch = [stretch_for(src, (1, 2, 3)) for src in sources[:2]]
+        stretch, _ = stretch_limits(
+            sources[:2], [(1, 2, 3)] * 2, None, StretchRule()
+        )  # one mapping, both dates
         _make_dirs(dst)
         digits = max(5, len(str(rows * cols)))
         names, summary = [], {"written": 0, "skipped": 0}

@@ -5,10 +5,15 @@ hour of inference. The result is a `Scene`: picklable descriptions (`RasterSourc
 on a common output grid, so DataLoader workers can reopen the files themselves (rasterio handles cannot be
 pickled).
 
-Input scaling: the models are trained on 8-bit imagery, so uint8 bands are used as they are, and any other
-dtype (uint16, float...) is mapped to 0..255 with a per-scene, per-band 2-98 % percentile stretch computed
-once on a decimated read (`percentile_stretch_params`). The stretch is per date: each date of a pair gets its
-own.
+Input scaling (`StretchRule`): the models see 8-bit imagery, so uint8 bands are used as they are, and any other
+dtype (uint16, float...) is mapped to 0..255 by a linear stretch per band. By default its limits are the 2-98 %
+percentiles of all dates pooled (`shared`), computed once on a decimated read: one mapping for every date, so the
+stretch itself cannot create or hide change. `per-date` gives each date its own percentiles (it also absorbs
+part of a radiometric difference between acquisitions, and with it some real change); `fixed:MIN,MAX` maps a
+known range (e.g. reflectance 0..3000) the same way for every scene; `none` clips the values to 0..255.
+
+Validity: a pixel is valid where the file's mask says so (nodata value, alpha band, internal mask) and, for float
+data, where every selected band is finite: NaN and Inf are never fed to a model, whatever the file's tags say.
 """
 
 from __future__ import annotations
@@ -29,12 +34,47 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from semiseg.errors import SemisegError
+from semiseg.errors import SemisegError, error_reason
+from semiseg.geo.crs import equivalent_crs, short_crs
 
 ALIGN_CHOICES = ("error", "reproject")
 TRANSFORM_TOLERANCE_PX = 1e-3
 STRETCH_PERCENTILES = (2.0, 98.0)
 STRETCH_SAMPLE_SIZE = 1024  # longest side of the decimated read used for the percentile stretch
+STRETCH_MODES = ("auto", "shared", "per-date", "none")  # and fixed:MIN,MAX
+
+
+@dataclass(frozen=True)
+class StretchRule:
+    """How non-8-bit bands reach 0..255: `auto` (uint8 as is, anything else `shared`), `shared`, `per-date`,
+    `none` (clip) or `fixed` between `low` and `high` (see the module docstring for why `shared` is the default)."""
+
+    mode: str = "auto"
+    low: float | None = None
+    high: float | None = None
+
+    def __str__(self) -> str:
+        return f"fixed:{self.low:g},{self.high:g}" if self.mode == "fixed" else self.mode
+
+
+def parse_stretch(text: str | StretchRule | None) -> StretchRule:
+    """`auto`, `shared`, `per-date`, `none` or `fixed:MIN,MAX` -> a `StretchRule`, or a one-line error."""
+    if isinstance(text, StretchRule):
+        return text
+    text = (text or "auto").strip()
+    if text in STRETCH_MODES:
+        return StretchRule(text)
+    if text.startswith("fixed:"):
+        try:
+            low, high = (float(v) for v in text[len("fixed:") :].split(","))
+        except ValueError:
+            low = high = math.nan
+        if math.isfinite(low) and math.isfinite(high) and high > low:
+            return StretchRule("fixed", low, high)
+    raise SemisegError(
+        f"stretch {text!r} is not one of {', '.join(STRETCH_MODES)} or fixed:MIN,MAX with MIN < MAX "
+        "(e.g. fixed:0,3000)"
+    )
 
 
 @dataclass(frozen=True)
@@ -65,11 +105,16 @@ class RasterSource:
     warp: Warp | None = None
     stretch: tuple[tuple[float, float], ...] | None = None
     nodata: float | None = None
+    date: str | None = None
 
 
 @dataclass(frozen=True)
 class Scene:
-    """The output grid (CRS, transform, size) and the sources read onto it, in date order."""
+    """The output grid (CRS, transform, size) and the sources read onto it, in date order.
+
+    `stretch` says how the inputs were brought to 0..255 (the rule, and each date's limits per band), for the
+    outputs' tags and the run summary.
+    """
 
     sources: tuple[RasterSource, ...]
     crs: rasterio.crs.CRS | None
@@ -77,6 +122,7 @@ class Scene:
     width: int
     height: int
     notes: tuple[str, ...] = field(default=())
+    stretch: str = "none"
 
     @property
     def num_bands(self) -> int:
@@ -131,30 +177,61 @@ def open_raster(path: str | os.PathLike, what: str = "input raster") -> rasterio
         ds = rasterio.open(p)
     except (RasterioError, OSError) as exc:  # older rasterio raises its IO errors as OSError only
         raise SemisegError(
-            f"{what} {p} is not a readable raster ({_first_line(exc)}); pass a GeoTIFF file"
+            f"{what} {p} is not a readable raster ({error_reason(exc)}); pass a GeoTIFF file"
         ) from exc
     try:
         # A tiny decimated read touches the file's structure, so a truncated/corrupt TIFF fails here, early.
         ds.read(1, out_shape=(min(ds.height, 64), min(ds.width, 64)))
     except (RasterioError, OSError) as exc:
         ds.close()
-        raise SemisegError(f"{p} cannot be read, it may be corrupt ({_first_line(exc)})") from exc
+        raise SemisegError(f"{p} cannot be read, it may be corrupt ({error_reason(exc)})") from exc
     return ds
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 def _select_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None) -> tuple[int, ...]:
+    """The user's 1-based bands, or every band but an alpha band (alpha is read as the validity mask instead)."""
     if bands is None:
-        return tuple(range(1, ds.count + 1))
+        alpha = {i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha}
+        return tuple(b for b in range(1, ds.count + 1) if b not in alpha) or tuple(range(1, ds.count + 1))
     bad = [b for b in bands if not 1 <= int(b) <= ds.count]
     if bad or not bands:
         raise SemisegError(
             f"--bands {list(bands)} is invalid for {ds.name}, which has {ds.count} band(s) numbered from 1"
         )
     return tuple(int(b) for b in bands)
+
+
+def stretch_samples(
+    ds: rasterio.io.DatasetReaderBase,
+    bands: Sequence[int],
+    nodata: float | None = None,
+    sample_size: int = STRETCH_SAMPLE_SIZE,
+) -> list[np.ndarray]:
+    """Valid, finite values of each band from a decimated read (longest side `sample_size`), as float64.
+
+    A regular subsample keeps percentiles stable while the cost stays the same for any scene size.
+    """
+    scale = max(ds.width, ds.height) / sample_size
+    out_h = max(1, math.ceil(ds.height / max(scale, 1.0)))
+    out_w = max(1, math.ceil(ds.width / max(scale, 1.0)))
+    shape = (len(bands), out_h, out_w)
+    data = ds.read(list(bands), out_shape=shape, resampling=Resampling.nearest)
+    valid = _valid_from(ds, data, list(bands), nodata, out_shape=shape)
+    return [band[valid].astype(np.float64) for band in data]
+
+
+def percentile_limits(
+    samples: Sequence[np.ndarray], percentiles: tuple[float, float] = STRETCH_PERCENTILES
+) -> tuple[tuple[float, float], ...]:
+    """Per-band (low, high) at the given percentiles; (0, 1) for a band without a valid value."""
+    limits = []
+    for values in samples:
+        if values.size == 0:
+            limits.append((0.0, 1.0))
+            continue
+        lo, hi = np.percentile(values, percentiles)
+        limits.append((float(lo), float(hi if hi > lo else lo + 1.0)))
+    return tuple(limits)
 
 
 def percentile_stretch_params(
@@ -164,39 +241,21 @@ def percentile_stretch_params(
     percentiles: tuple[float, float] = STRETCH_PERCENTILES,
     sample_size: int = STRETCH_SAMPLE_SIZE,
 ) -> tuple[tuple[float, float], ...]:
-    """Per-band (low, high) values of a 2-98 % percentile stretch, from a decimated read of valid pixels.
-
-    Why: models see 8-bit imagery in training; 16-bit or float scenes must be brought to 0..255 with the bulk
-    of their histogram spread out, robust to a few saturated or dark outliers. A decimated read (longest side
-    `sample_size`) keeps this cheap for any scene size; percentiles of a regular subsample are stable.
-    """
-    scale = max(ds.width, ds.height) / sample_size
-    out_h = max(1, math.ceil(ds.height / max(scale, 1.0)))
-    out_w = max(1, math.ceil(ds.width / max(scale, 1.0)))
-    data = ds.read(list(bands), out_shape=(len(bands), out_h, out_w), resampling=Resampling.nearest)
-    valid = _valid_from(ds, data, list(bands), nodata, out_shape=(len(bands), out_h, out_w))
-    params = []
-    for band in data:
-        values = band[valid & np.isfinite(band)].astype(np.float64)
-        if values.size == 0:
-            params.append((0.0, 1.0))
-            continue
-        lo, hi = np.percentile(values, percentiles)
-        if hi <= lo:
-            hi = lo + 1.0
-        params.append((float(lo), float(hi)))
-    return tuple(params)
+    """Per-band (low, high) values of a 2-98 % percentile stretch of one raster, robust to a few saturated or
+    dark outliers (see `stretch_samples`)."""
+    return percentile_limits(stretch_samples(ds, bands, nodata, sample_size), percentiles)
 
 
 def _valid_from(ds, data: np.ndarray, bands: list[int], nodata: float | None, out_shape=None) -> np.ndarray:
-    """Pixels valid in every band: the file's masks, or `!= nodata` when the user overrides it."""
+    """Pixels valid in every band: the file's masks (or `!= nodata` when the user overrides it), and finite."""
     if nodata is not None:
         ok = np.all(data != nodata, axis=0)
-        if np.issubdtype(data.dtype, np.floating):
-            ok &= np.all(np.isfinite(data), axis=0)
-        return ok
-    masks = ds.read_masks(bands, out_shape=out_shape, resampling=Resampling.nearest)
-    return np.all(masks > 0, axis=0)
+    else:
+        masks = ds.read_masks(bands, out_shape=out_shape, resampling=Resampling.nearest)
+        ok = np.all(masks > 0, axis=0)
+    if np.issubdtype(data.dtype, np.floating):
+        ok &= np.all(np.isfinite(data), axis=0)
+    return ok
 
 
 def apply_stretch(data: np.ndarray, stretch: tuple[tuple[float, float], ...] | None) -> np.ndarray:
@@ -206,7 +265,7 @@ def apply_stretch(data: np.ndarray, stretch: tuple[tuple[float, float], ...] | N
     out = np.empty(data.shape, dtype=np.uint8)
     for i, (lo, hi) in enumerate(stretch):
         band = (data[i].astype(np.float32) - lo) * (255.0 / (hi - lo))
-        np.nan_to_num(band, copy=False, nan=0.0)
+        np.nan_to_num(band, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
         out[i] = np.clip(np.rint(band), 0, 255).astype(np.uint8)
     return out
 
@@ -222,20 +281,18 @@ def transform_offset_px(ta: Affine, tb: Affine, width: int, height: int) -> floa
     return worst
 
 
-def _describe_crs(crs) -> str:
-    if crs is None:
-        return "none"
-    return crs.to_string() if crs.to_epsg() is None else f"EPSG:{crs.to_epsg()}"
-
-
 def grid_differences(a, b, bands: bool = False) -> list[str]:
-    """What keeps raster `b` off raster `a`'s pixel grid (CRS, shape, transform; band count if `bands`)."""
+    """What keeps raster `b` off raster `a`'s pixel grid (CRS, shape, transform; band count if `bands`).
+
+    CRSs that differ only in spelling (`equivalent_crs`) are the same grid here; `crs_spelling_note` warns.
+    """
     diffs = []
-    if a.crs != b.crs:
-        diffs.append(f"CRS ({_describe_crs(a.crs)} vs {_describe_crs(b.crs)})")
+    same_crs = equivalent_crs(a.crs, b.crs)
+    if not same_crs:
+        diffs.append(f"CRS ({short_crs(a.crs)} vs {short_crs(b.crs)})")
     if (a.height, a.width) != (b.height, b.width):
         diffs.append(f"shape ({a.height}x{a.width} vs {b.height}x{b.width})")
-    if a.crs == b.crs:
+    if same_crs:
         off = transform_offset_px(a.transform, b.transform, a.width, a.height)
         if off > TRANSFORM_TOLERANCE_PX:
             diffs.append(f"transform (grids differ by up to {off:.3g} px)")
@@ -244,10 +301,20 @@ def grid_differences(a, b, bands: bool = False) -> list[str]:
     return diffs
 
 
+def crs_spelling_note(a, b) -> str | None:
+    """A warning when `a` and `b` write one CRS two ways (used as one grid), else None."""
+    if a.crs == b.crs or not equivalent_crs(a.crs, b.crs):
+        return None
+    return (
+        f"{Path(a.name).name} and {Path(b.name).name} write their CRS differently ({short_crs(a.crs)} vs "
+        f"{short_crs(b.crs)}) but with the same ellipsoid, projection and parameters: used as one grid"
+    )
+
+
 def _overlap_window(a, b) -> Window:
     """The part of A's pixel grid covered by B's footprint (B's bounds taken into A's CRS)."""
     bounds_b = b.bounds
-    if a.crs is not None and b.crs is not None and a.crs != b.crs:
+    if a.crs is not None and b.crs is not None and not equivalent_crs(a.crs, b.crs):
         bounds_b = transform_bounds(b.crs, a.crs, *bounds_b, densify_pts=21)
     win = from_bounds(*bounds_b, transform=a.transform)
     col0 = max(0, math.floor(win.col_off + 1e-6))
@@ -264,30 +331,33 @@ def open_scene(
     align: str = "error",
     bands: Sequence[int] | None = None,
     nodata: float | None = None,
+    stretch: str | StretchRule | None = "auto",
 ) -> Scene:
     """Check one or more rasters share a grid and describe how to read them onto the first one's grid.
 
     `align="error"` refuses any difference in CRS, transform (beyond 1e-3 px) or shape, naming what differs;
     `align="reproject"` reads every later date through a `WarpedVRT` (bilinear) onto the first date's grid,
     cut to where the dates overlap. Band counts must match in both modes (warping cannot fix them; `bands`
-    can).
-    `bands` are 1-based and apply to every date; `nodata` overrides the files' own masks (e.g. for collars).
+    can). CRSs spelled differently but equivalent are one grid, with a warning.
+    `bands` are 1-based and apply to every date (default: all bands but alpha); `nodata` overrides the files' own
+    masks (e.g. for collars); `stretch` is a `StretchRule` or its text (see the module docstring).
     """
     if align not in ALIGN_CHOICES:
         raise SemisegError(f"--align {align!r} is not one of {', '.join(ALIGN_CHOICES)}")
     if not paths:
         raise SemisegError("no input raster given")
+    rule = parse_stretch(stretch)
     handles = []
     try:
         for p in paths:
             handles.append(open_raster(p))
-        return _build_scene(handles, align, bands, nodata)
+        return _build_scene(handles, align, bands, nodata, rule)
     finally:
         for h in handles:
             h.close()
 
 
-def _build_scene(handles, align: str, bands, nodata) -> Scene:
+def _build_scene(handles, align: str, bands, nodata, rule: StretchRule) -> Scene:
     first = handles[0]
     selected = [_select_bands(h, bands) for h in handles]
     for h, sel in zip(handles[1:], selected[1:]):
@@ -304,39 +374,97 @@ def _build_scene(handles, align: str, bands, nodata) -> Scene:
                     f"{first.name} and {h.name} differ in {', '.join(diff)}; "
                     "pass --align reproject to warp the later image onto the first one's grid"
                 )
+    notes = [n for n in (crs_spelling_note(first, h) for h in handles[1:]) if n]
     window = Window(0, 0, first.width, first.height)
     for h, diff in zip(handles[1:], diffs[1:]):
         if diff:
             window = window.intersection(_overlap_window(first, h))
-    notes = []
     if (window.width, window.height) != (first.width, first.height):
         notes.append(
             f"the dates only partly overlap: predicting on the {int(window.height)}x{int(window.width)} px "
             f"intersection of the {first.height}x{first.width} px first image"
         )
-        warnings.warn(notes[-1], stacklevel=3)
+    limits, stretch_text = stretch_limits(handles, selected, nodata, rule)
+    if stretch_text != "none":
+        notes.append(f"input values brought to 0..255 by {stretch_text}")
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
     transform = first.window_transform(window)
     height, width = int(window.height), int(window.width)
     sources = [
-        _describe_source(h, sel, window, transform, width, height, bool(diff), first.crs, nodata)
-        for h, sel, diff in zip(handles, selected, diffs)
+        _describe_source(h, sel, window, transform, width, height, bool(diff), first.crs, nodata, lim)
+        for h, sel, diff, lim in zip(handles, selected, diffs, limits)
     ]
-    return Scene(tuple(sources), first.crs, transform, width, height, tuple(notes))
+    return Scene(tuple(sources), first.crs, transform, width, height, tuple(notes), stretch_text)
+
+
+def stretch_limits(
+    handles: Sequence, selected: Sequence[Sequence[int]], nodata: float | None, rule: StretchRule
+) -> tuple[list, str]:
+    """Each date's per-band (low, high) limits under `rule` (None: uint8 used as is) and a sentence saying so.
+
+    Shared by prediction and by training on a scene, so a model sees its scene the same way in both.
+    """
+    all_uint8 = all(h.dtypes[b - 1] == "uint8" for h, sel in zip(handles, selected) for b in sel)
+    mode = ("none" if all_uint8 else "shared") if rule.mode == "auto" else rule.mode
+    dtypes = ", ".join(sorted({h.dtypes[b - 1] for h, sel in zip(handles, selected) for b in sel}))
+    if mode == "none":
+        if all_uint8:
+            return [None] * len(handles), "none"
+        clip = tuple((0.0, 255.0) for _ in selected[0])
+        return [clip] * len(handles), f"clipping the {dtypes} values to 0..255 (stretch none)"
+    if mode == "fixed":
+        fixed = tuple((rule.low, rule.high) for _ in selected[0])
+        return [fixed] * len(handles), f"a fixed stretch of the {dtypes} values {rule.low:g}..{rule.high:g}"
+    samples = [stretch_samples(h, sel, nodata) for h, sel in zip(handles, selected)]
+    if len(handles) == 1:
+        limits, mode, who = [percentile_limits(samples[0])], "percentile", "the image's"
+    elif mode == "per-date":
+        limits, who = [percentile_limits(s) for s in samples], "each date's own"
+    else:
+        limits, who = (
+            [percentile_limits([np.concatenate(band) for band in zip(*samples)])] * len(handles),
+            "the pooled dates'",
+        )
+    per_date = [", ".join(f"{lo:.4g}..{hi:.4g}" for lo, hi in lim) for lim in limits]
+    shown = (
+        per_date[0]
+        if len(set(per_date)) == 1
+        else "; ".join(f"date {i + 1}: {t}" for i, t in enumerate(per_date))
+    )
+    lo_p, hi_p = STRETCH_PERCENTILES
+    return (
+        limits,
+        f"a {mode} stretch of the {dtypes} values to {who} {lo_p:g}-{hi_p:g} % percentiles (per band: {shown})",
+    )
 
 
 def stretch_for(
     ds, bands: Sequence[int], nodata: float | None = None
 ) -> tuple[tuple[float, float], ...] | None:
-    """The percentile stretch a raster needs to reach 0..255, or None when its bands are already uint8."""
+    """The percentile stretch one raster needs to reach 0..255, or None when its bands are already uint8."""
     if all(ds.dtypes[b - 1] == "uint8" for b in bands):
         return None
     return percentile_stretch_params(ds, bands, nodata)
 
 
-def _describe_source(h, sel, window, transform, width, height, needs_warp, crs, nodata) -> RasterSource:
-    stretch = stretch_for(h, sel, nodata)
+def _raster_date(h) -> str | None:
+    """The acquisition date a raster states (GDAL's IMAGERY domain, else the TIFF DateTime tag), if any."""
+    try:
+        date = h.tags(ns="IMAGERY").get("ACQUISITIONDATETIME")
+    except (RasterioError, ValueError):
+        date = None
+    return date or h.tags().get("TIFFTAG_DATETIME") or None
+
+
+def _describe_source(
+    h, sel, window, transform, width, height, needs_warp, crs, nodata, stretch
+) -> RasterSource:
+    date = _raster_date(h)
     if not needs_warp:
-        return RasterSource(str(h.name), sel, int(window.row_off), int(window.col_off), None, stretch, nodata)
+        return RasterSource(
+            str(h.name), sel, int(window.row_off), int(window.col_off), None, stretch, nodata, date
+        )
     if crs is None:
         raise SemisegError(
             f"{h.name} cannot be reprojected: the first image has no CRS; georeference it first"
@@ -345,7 +473,7 @@ def _describe_source(h, sel, window, transform, width, height, needs_warp, crs, 
     src_alpha = next((i + 1 for i, ci in enumerate(h.colorinterp) if ci == ColorInterp.alpha), 0)
     add_alpha = h.nodata is None and src_alpha == 0
     warp = Warp(crs.to_wkt(), tuple(transform)[:6], width, height, add_alpha, src_alpha)
-    return RasterSource(str(h.name), sel, 0, 0, warp, stretch, nodata)
+    return RasterSource(str(h.name), sel, 0, 0, warp, stretch, nodata, date)
 
 
 def open_pair(
@@ -354,22 +482,27 @@ def open_pair(
     align: str = "error",
     bands: Sequence[int] | None = None,
     nodata: float | None = None,
+    stretch: str | StretchRule | None = "auto",
 ) -> Scene:
     """`open_scene([before, after], ...)`: a before/after scene for change detection (public convenience)."""
-    return open_scene([before, after], align=align, bands=bands, nodata=nodata)
+    return open_scene([before, after], align=align, bands=bands, nodata=nodata, stretch=stretch)
 
 
 def open_single(
-    image: str | os.PathLike, bands: Sequence[int] | None = None, nodata: float | None = None
+    image: str | os.PathLike,
+    bands: Sequence[int] | None = None,
+    nodata: float | None = None,
+    stretch: str | StretchRule | None = "auto",
 ) -> Scene:
     """`open_scene([image], ...)`: a one-image scene for segmentation (public convenience)."""
-    return open_scene([image], bands=bands, nodata=nodata)
+    return open_scene([image], bands=bands, nodata=nodata, stretch=stretch)
 
 
 def read_window(
     handle: rasterio.io.DatasetReaderBase, source: RasterSource, row: int, col: int, height: int, width: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read a window of the output grid from one source: uint8 C x height x width and a bool validity mask.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read a window of the output grid from one source: uint8 C x height x width, a bool validity mask, and a
+    bool mask of the pixels the file marks valid but whose values are NaN or infinite (counted for the summary).
 
     Parts of the window outside the file (rasters smaller than a window) are zero-filled and invalid; padding
     is done here rather than with `boundless=True` because `WarpedVRT` does not support boundless reads.
@@ -378,14 +511,17 @@ def read_window(
     r1, c1 = min(r0 + height, handle.height), min(c0 + width, handle.width)
     image = np.zeros((len(source.bands), height, width), dtype=np.uint8)
     valid = np.zeros((height, width), dtype=bool)
+    nonfinite = np.zeros((height, width), dtype=bool)
     if r1 <= r0 or c1 <= c0:
-        return image, valid
+        return image, valid, nonfinite
     win = Window(c0, r0, c1 - c0, r1 - r0)
     data = handle.read(list(source.bands), window=win)
     image[:, : r1 - r0, : c1 - c0] = apply_stretch(data, source.stretch)
     if source.nodata is not None:
-        valid[: r1 - r0, : c1 - c0] = _valid_from(handle, data, list(source.bands), source.nodata)
+        marked = np.all(data != source.nodata, axis=0)
     else:
-        masks = handle.read_masks(list(source.bands), window=win)
-        valid[: r1 - r0, : c1 - c0] = np.all(masks > 0, axis=0)
-    return image, valid
+        marked = np.all(handle.read_masks(list(source.bands), window=win) > 0, axis=0)
+    finite = np.all(np.isfinite(data), axis=0) if np.issubdtype(data.dtype, np.floating) else True
+    valid[: r1 - r0, : c1 - c0] = marked & finite
+    nonfinite[: r1 - r0, : c1 - c0] = marked & ~finite
+    return image, valid, nonfinite

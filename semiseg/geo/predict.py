@@ -28,13 +28,22 @@ from rasterio.errors import RasterioError
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from semiseg.errors import SemisegError
+from semiseg.errors import SemisegError, error_reason
 from semiseg.geo.area import pixel_area_m2
 from semiseg.geo.blend import StripBlender
 from semiseg.geo.pair import RasterSource, Scene, close_source, open_source, read_window
-from semiseg.geo.windows import Tile, TileGrid, make_grid
-from semiseg.geo.writer import NODATA, PROB_SCALE, StreamingGeoTiff, check_output_path, class_colormap
-from semiseg.io import remove_quietly, temp_path_for
+from semiseg.geo.styles import add_gpkg_style, attribute_table_xml, class_raster_qml, polygons_qml
+from semiseg.geo.windows import TileGrid, make_grid
+from semiseg.geo.writer import (
+    NODATA,
+    PROB_SCALE,
+    StreamingGeoTiff,
+    check_output_path,
+    class_colormap,
+    writing,
+)
+from semiseg.io import remove_quietly, remove_stale_temporaries, temp_path_for, write_text_atomic
+from semiseg.stopping import check_stop, deferred_stop
 
 Predictor = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
 POLYGON_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
@@ -49,15 +58,18 @@ def polygon_driver(path: str | os.PathLike) -> str:
 
 
 class WindowDataset(Dataset):
-    """Windows of a scene as (images tuple of C x s x s uint8 tensors, s x s bool validity, window index).
+    """Windows of a scene as (images tuple of C x s x s uint8 tensors, s x s bool validity, NaN/Inf count, index).
 
     Holds only plain descriptions of the sources; each process (main or worker) opens its own handles on first
-    use, because rasterio/GDAL handles can neither be pickled nor shared across a fork safely.
+    use, because rasterio/GDAL handles can neither be pickled nor shared across a fork safely. The NaN/Inf count
+    covers only the window's own cell of the grid (from its start to the next window's start), so summed over all
+    windows each pixel is counted once although windows overlap.
     """
 
-    def __init__(self, sources: Sequence[RasterSource], tiles: Sequence[Tile]) -> None:
+    def __init__(self, sources: Sequence[RasterSource], grid: TileGrid) -> None:
         self.sources = tuple(sources)
-        self.tiles = list(tiles)
+        self.grid = grid
+        self.tiles = grid.tiles
         self._handles = None
 
     def __getstate__(self) -> dict:
@@ -72,17 +84,22 @@ class WindowDataset(Dataset):
         if self._handles is None:
             self._handles = [open_source(s) for s in self.sources]
         tile = self.tiles[index]
-        images, valid = [], None
+        images, valid, bad = [], None, None
         for source, handle in zip(self.sources, self._handles):
             try:
-                image, ok = read_window(handle, source, tile.row, tile.col, tile.size, tile.size)
+                image, ok, nonfinite = read_window(handle, source, tile.row, tile.col, tile.size, tile.size)
             except (RasterioError, OSError) as exc:  # GDAL errors mid-file: a damaged input
                 raise SemisegError(
-                    f"reading {source.path} failed near row {tile.row}, col {tile.col}: {exc}"
-                ) from exc
+                    f"reading {source.path} failed near row {tile.row}, col {tile.col} ({error_reason(exc)}); "
+                    "the file may be damaged"
+                ) from None
             images.append(torch.from_numpy(image))
             valid = ok if valid is None else valid & ok
-        return tuple(images), torch.from_numpy(valid), index
+            bad = nonfinite if bad is None else bad | nonfinite
+        rows, cols = self.grid.row_starts, self.grid.col_starts
+        h = (rows[tile.row_index + 1] if tile.row_index + 1 < len(rows) else self.grid.height) - tile.row
+        w = (cols[tile.col_index + 1] if tile.col_index + 1 < len(cols) else self.grid.width) - tile.col
+        return tuple(images), torch.from_numpy(valid), int(bad[:h, :w].sum()), index
 
     def close(self) -> None:
         for h in self._handles or []:
@@ -152,13 +169,22 @@ def _check_outputs(scene: Scene, outputs: Sequence[Path]) -> None:
 
 
 class _Stats:
-    """Running pixel counts per class over the written rows."""
+    """Running pixel counts per class over the written rows, and the input pixels dropped as NaN/Inf."""
 
     def __init__(self) -> None:
         self.counts = np.zeros(256, dtype=np.int64)
+        self.nonfinite = 0
 
     def add(self, classes: np.ndarray) -> None:
         self.counts += np.bincount(classes.ravel(), minlength=256)
+
+
+def class_names_for(k: int, names: Sequence[str] | str | None) -> list[str]:
+    """`k` class names: the given ones (a list or comma-separated text) when they fit, else `class 0`..."""
+    if isinstance(names, str):
+        names = names.split(",")
+    names = list(names or [])
+    return names if len(names) == k else [f"class {c}" for c in range(k)]
 
 
 def predict_raster(
@@ -177,19 +203,23 @@ def predict_raster(
     progress: bool = True,
     tags: Mapping[str, object] | None = None,
     num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
     background: int | None = 0,
     sieve_pixels: int = 4,
     min_area_m2: float = 0.0,
+    simplify: float = 0.0,
     patch_size: int | None = None,
 ) -> dict:
     """Predict a scene window by window and write the class map (and optionally probabilities and polygons).
 
-    `scene` comes from `semiseg.geo.pair.open_scene` (checks, alignment, bands, nodata override).
+    `scene` comes from `semiseg.geo.pair.open_scene` (checks, alignment, bands, nodata, stretch).
     `threshold` (2-class models) picks class 1 where its probability reaches it, else argmax is used.
-    `tags` (e.g. classes, checkpoint hash) are written into the rasters, with the window, overlap, threshold
-    and TTA added. `num_classes` is only needed to colour a map when no pixel was valid. Returns a summary:
-    changed (non-zero class) area in m² and % of the valid area, pixel counts per class, seconds and megapixels
-    per second.
+    `tags` (e.g. classes, checkpoint hash) are written into the rasters, with the window, overlap, threshold,
+    TTA and the input stretch added. `num_classes` is only needed to colour a map when no pixel was valid;
+    `class_names` label the classes in the styles, the attribute table, the polygons and the summary (default:
+    the `classes` tag). `simplify` (CRS units) simplifies polygon outlines. Returns a summary: pixel counts and
+    areas per class, for a two-date scene the changed (non-zero) area and its share of the valid area, the
+    input pixels dropped as NaN/Inf, seconds and megapixels per second.
     """
     patch_size = patch_size or getattr(predictor, "patch_size", None)
     if patch_size is None:
@@ -198,7 +228,11 @@ def predict_raster(
         )
     grid = make_grid(scene.height, scene.width, window, overlap, patch_size)
     _check_request(scene, out_path, probs_path, polygons_path, threshold)
+    for path in (out_path, probs_path, polygons_path):
+        if path is not None:
+            remove_stale_temporaries(path)
     run_tags = {"window": window, "overlap": overlap, "threshold": threshold or "argmax", "tta": tta}
+    run_tags["stretch"] = scene.stretch
     run_tags.update(tags or {})
 
     start = time.perf_counter()
@@ -224,21 +258,28 @@ def predict_raster(
                 progress,
             )
             k = k or num_classes or 2
-            class_file = class_out.finish(class_colormap(k), {"classes": run_tags.get("classes", k)})
+            names = class_names_for(k, class_names or run_tags.get("classes"))
+            colours = class_colormap(k)
+            what = "change class" if len(scene.sources) == 2 and k == 2 else "class"
+            class_file = class_out.finish(
+                colours, {"classes": ",".join(names)}, description=what,
+                band_tags={str(c): name for c, name in enumerate(names)},
+                sidecars={".qml": class_raster_qml(colours, names),
+                          ".aux.xml": attribute_table_xml(names, colours, what)},
+            )  # fmt: skip
             probs_file = None
             if probs_out is not None:
-                what = "change-class probability" if k <= 2 else "winning-class probability"
-                probs_file = probs_out.finish(None, {"values": f"{what} x 254, 255 = nodata"})
+                kind = "change probability" if k <= 2 else "winning-class probability"
+                probs_file = probs_out.finish(
+                    None, {"values": f"{kind} x 254 (band scale 1/254 gives 0-1), 255 = nodata"},
+                    description=kind, scale=1.0 / PROB_SCALE,
+                )  # fmt: skip
             n_polygons = None
             if polygons_path is not None:
-                from semiseg.geo.vectorize import vectorize_classes  # the vector stack loads only here
-
-                n_polygons = vectorize_classes(
-                    class_file, polygons_tmp, driver=polygon_driver(polygons_path), probs_path=probs_file,
-                    background=background, sieve_pixels=sieve_pixels, min_area_m2=min_area_m2,
-                    layer=Path(polygons_path).stem,
+                n_polygons = _write_polygons(
+                    scene, class_file, probs_file, polygons_path, polygons_tmp, names, colours, run_tags,
+                    background=background, sieve_pixels=sieve_pixels, min_area_m2=min_area_m2, simplify=simplify,
                 )  # fmt: skip
-                os.replace(polygons_tmp, polygons_path)
             if probs_path is not None:
                 probs_out.publish()
             class_out.publish()
@@ -246,14 +287,44 @@ def predict_raster(
         if polygons_tmp is not None:
             remove_quietly([polygons_tmp])
     seconds = time.perf_counter() - start
-    return _summary(scene, grid, stats, k, seconds, out_path, probs_path, polygons_path, n_polygons)
+    return _summary(scene, grid, stats, names, seconds, out_path, probs_path, polygons_path, n_polygons)
+
+
+def _write_polygons(
+    scene, class_file, probs_file, polygons_path, polygons_tmp, names, colours, run_tags, **options
+) -> int:
+    """Vectorise the finished class map into `polygons_tmp`, style it, and move it (and its style) into place."""
+    from semiseg.geo.vectorize import vectorize_classes  # the vector stack loads only here
+
+    driver = polygon_driver(polygons_path)
+    layer = Path(polygons_path).stem
+    roles = ("before", "after") if len(scene.sources) == 2 else ("image",)
+    attributes: dict[str, object] = {}
+    for role, source in zip(roles, scene.sources):
+        attributes[role] = Path(source.path).name
+        attributes[f"{role}_date"] = source.date
+    attributes["model"] = str(run_tags.get("checkpoint", ""))
+    attributes["model_sha256"] = str(run_tags.get("checkpoint_sha256", ""))
+    with writing(polygons_path):
+        count = vectorize_classes(
+            class_file, polygons_tmp, driver=driver, probs_path=probs_file, layer=layer, class_names=names,
+            attributes=attributes, **options,
+        )  # fmt: skip
+        background = options.get("background")
+        qml = polygons_qml({c: rgba for c, rgba in colours.items() if c != background}, names)
+        if driver == "GPKG":
+            add_gpkg_style(polygons_tmp, layer, qml)
+        else:  # GeoJSON has nowhere to keep a style: QGIS reads <stem>.qml beside it
+            write_text_atomic(Path(polygons_path).with_suffix(".qml"), qml)
+        os.replace(polygons_tmp, polygons_path)
+    return count
 
 
 def _stream(
     scene, grid: TileGrid, predictor, class_out, probs_out, threshold, tta, batch_size, num_workers, progress
 ) -> tuple[_Stats, int | None]:
     """The streaming loop: read, predict, blend, and write each strip of rows once it is final."""
-    dataset = WindowDataset(scene.sources, grid.tiles)
+    dataset = WindowDataset(scene.sources, grid)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -282,21 +353,24 @@ def _stream(
         stats.add(classes)
 
     try:
-        for images, valid, indices in loader:
-            has_data = valid.flatten(1).any(1)
-            keep = torch.nonzero(has_data).flatten()
-            probs = run_predictor(predictor, tuple(x[keep] for x in images), tta) if len(keep) else None
-            slot = {b: j for j, b in enumerate(keep.tolist())}  # batch position -> row of `probs`
-            for b, index in enumerate(indices.tolist()):
-                tile = dataset.tiles[index]
-                if tile.row_index != strip:
-                    write(grid.row_starts[tile.row_index])
-                    strip = tile.row_index
-                blender.add(tile, probs[slot[b]] if b in slot else None, valid[b].numpy())
-                done_px += min(tile.size, grid.height - tile.row) * min(tile.size, grid.width - tile.col)
-            bar.update(len(indices))
-            bar.set_postfix_str(f"{done_px / 1e6 / max(time.perf_counter() - start, 1e-9):.2f} MP/s")
-        write(grid.height)
+        with deferred_stop():  # a signal is acted on between batches (see semiseg.stopping)
+            for images, valid, nonfinite, indices in loader:
+                check_stop()
+                stats.nonfinite += int(nonfinite.sum())
+                has_data = valid.flatten(1).any(1)
+                keep = torch.nonzero(has_data).flatten()
+                probs = run_predictor(predictor, tuple(x[keep] for x in images), tta) if len(keep) else None
+                slot = {b: j for j, b in enumerate(keep.tolist())}  # batch position -> row of `probs`
+                for b, index in enumerate(indices.tolist()):
+                    tile = dataset.tiles[index]
+                    if tile.row_index != strip:
+                        write(grid.row_starts[tile.row_index])
+                        strip = tile.row_index
+                    blender.add(tile, probs[slot[b]] if b in slot else None, valid[b].numpy())
+                    done_px += min(tile.size, grid.height - tile.row) * min(tile.size, grid.width - tile.col)
+                bar.update(len(indices))
+                bar.set_postfix_str(f"{done_px / 1e6 / max(time.perf_counter() - start, 1e-9):.2f} MP/s")
+            write(grid.height)
     finally:
         bar.close()
         dataset.close()
@@ -304,10 +378,18 @@ def _stream(
     return stats, k
 
 
-def _summary(scene, grid, stats: _Stats, k, seconds, out_path, probs_path, polygons_path, n_polygons) -> dict:
+def _summary(
+    scene, grid, stats: _Stats, names, seconds, out_path, probs_path, polygons_path, n_polygons
+) -> dict:
+    """What was predicted, in the task's words: areas per class; for a before/after pair, the changed area."""
     counts = {c: int(n) for c, n in enumerate(stats.counts[:NODATA]) if n}
     valid = int(stats.counts[:NODATA].sum())
-    changed = valid - int(stats.counts[0])
+    notes = list(scene.notes)
+    if stats.nonfinite:
+        notes.append(
+            f"{stats.nonfinite} input pixels hold NaN or Inf with no nodata tag: they are nodata (255) in the output"
+        )
+        warnings.warn(notes[-1], stacklevel=3)
     if valid == 0:
         warnings.warn(
             "no valid pixel in the input (all nodata, or the dates' masks never overlap): the output is all "
@@ -315,7 +397,7 @@ def _summary(scene, grid, stats: _Stats, k, seconds, out_path, probs_path, polyg
             stacklevel=3,
         )
     px_area = pixel_area_m2(scene.crs, scene.transform, scene.height, scene.width)
-    return {
+    summary = {
         "out": str(out_path),
         "probs": None if probs_path is None else str(probs_path),
         "polygons": None if polygons_path is None else str(polygons_path),
@@ -323,15 +405,30 @@ def _summary(scene, grid, stats: _Stats, k, seconds, out_path, probs_path, polyg
         "width": scene.width,
         "window": grid.size,
         "windows": len(grid),
-        "num_classes": k,
+        "num_classes": len(names),
+        "classes": names,
         "valid_pixels": valid,
+        "nodata_pixels": scene.height * scene.width - valid,
+        "nonfinite_input_pixels": stats.nonfinite,
         "pixels_per_class": counts,
-        "changed_pixels": changed,
         "pixel_area_m2": px_area,
-        "changed_area_m2": changed * px_area,
-        "changed_percent": 100.0 * changed / valid if valid else 0.0,
-        "num_polygons": n_polygons,
-        "seconds": seconds,
-        "megapixels_per_second": scene.height * scene.width / 1e6 / max(seconds, 1e-9),
-        "notes": list(scene.notes),
+        "area_m2_per_class": {names[c] if c < len(names) else str(c): n * px_area for c, n in counts.items()},
+        "percent_per_class": {
+            names[c] if c < len(names) else str(c): 100.0 * n / valid for c, n in counts.items()
+        },
     }
+    if len(scene.sources) == 2:  # a before/after pair: class 0 is "unchanged"
+        changed = valid - int(stats.counts[0])
+        summary.update(
+            changed_pixels=changed,
+            changed_area_m2=changed * px_area,
+            changed_percent=100.0 * changed / valid if valid else 0.0,
+        )
+    summary.update(
+        num_polygons=n_polygons,
+        stretch=scene.stretch,
+        seconds=seconds,
+        megapixels_per_second=scene.height * scene.width / 1e6 / max(seconds, 1e-9),
+        notes=notes,
+    )
+    return summary

@@ -9,6 +9,7 @@ window seams a single polygon. Sieving runs first so single stray pixels do not 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 
 import geopandas as gpd
 import numpy as np
@@ -44,19 +45,24 @@ def vectorize_classes(
     background: int | None = 0,
     sieve_pixels: int = 4,
     min_area_m2: float = 0.0,
+    simplify: float = 0.0,
     layer: str | None = None,
+    class_names: Sequence[str] | None = None,
+    attributes: Mapping[str, object] | None = None,
 ) -> int:
     """Write one polygon per connected (4-neighbour) region of each non-background class; return the count.
 
-    Attributes: `class`, `area_m2` (see `areas_m2`) and `mean_prob`, the mean of the probability raster
-    (0..1) over the polygon's pixels, NaN without one. Regions smaller than `sieve_pixels` are merged into
-    their neighbours first; polygons under `min_area_m2` are dropped.
+    Attributes: `id` (1..N, in raster order, stable for one output), `class`, `class_name`, `area_m2` (see
+    `areas_m2`), `mean_prob` (the mean of the probability raster, 0..1, over the polygon's pixels; NaN without
+    one), then `attributes` (the same on every row: input names and dates, the model). Regions smaller than
+    `sieve_pixels` are merged into their neighbours first; polygons under `min_area_m2` are dropped; `simplify`
+    > 0 simplifies outlines to that tolerance in CRS units (topology kept; areas are of the simplified shapes).
     """
     with rasterio.open(class_path) as ds:
         classes = ds.read(1)
         transform, crs = ds.transform, ds.crs
     valid = classes != NODATA
-    if sieve_pixels > 1:
+    if 1 < sieve_pixels < classes.size:  # GDAL refuses a sieve as large as the raster
         classes = sieve(classes, size=sieve_pixels, mask=valid, connectivity=4)
     keep = valid if background is None else valid & (classes != background)
     records = [
@@ -64,13 +70,21 @@ def vectorize_classes(
         for geom, value in shapes(classes, mask=keep, connectivity=4, transform=transform)
     ]
     geoms = [g for g, _ in records]
+    values = np.array([v for _, v in records], dtype=np.int32)
+    names = list(class_names or [])
     gdf = gpd.GeoDataFrame(
-        {"class": np.array([v for _, v in records], dtype=np.int32)},
+        {"class": values, "class_name": [names[v] if v < len(names) else str(v) for v in values]},
         geometry=gpd.GeoSeries(geoms, crs=crs),
     )
+    gdf["mean_prob"] = _mean_probs(gdf, probs_path, classes.shape, transform)  # on the exact pixel outlines
+    if simplify > 0 and len(gdf):
+        gdf["geometry"] = shapely.make_valid(gdf.geometry.simplify(simplify, preserve_topology=True).values)
     gdf["area_m2"] = areas_m2(gdf)
     gdf = gdf[gdf["area_m2"] >= min_area_m2].reset_index(drop=True)
-    gdf["mean_prob"] = _mean_probs(gdf, probs_path, classes.shape, transform)
+    gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype=np.int64))
+    for key, value in (attributes or {}).items():
+        gdf[key] = value
+    gdf = gdf[["id", "class", "class_name", "area_m2", "mean_prob", *(attributes or {}), "geometry"]]
     kwargs = {"layer": layer} if driver == "GPKG" and layer else {}
     gdf.to_file(out_path, driver=driver, **kwargs)
     return len(gdf)

@@ -2,14 +2,18 @@
 
 Rows are streamed into a temporary tiled GTiff next to the output; when the run finishes, overviews are built
 (nearest, so classes stay classes) and the file is copied to a Cloud-Optimised GeoTIFF, which is moved onto
-the output path with `os.replace` as the very last step. Any exception, Ctrl-C included, deletes the temporary
-files, so an output path either holds a complete result or nothing new.
+the output path with `os.replace` as the very last step (its sidecar styles just before it). Any exception,
+Ctrl-C and SIGTERM included, deletes the temporary files, so an output path either holds a complete result or
+nothing new; a write that fails for lack of space (or a file-size limit) says so in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +21,9 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
 
-from semiseg.errors import SemisegError
+from semiseg.errors import SemisegError, error_reason
 from semiseg.io import remove_quietly, temp_path_for
 
 # Every raster we write: 255 is nodata, probabilities are stored as round(p * 254) so they never collide with it.
@@ -39,6 +44,49 @@ def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
     if not os.access(folder, os.W_OK):
         raise SemisegError(f"cannot write the {what} into {folder}: permission denied")
     return p
+
+
+try:  # GDAL's own error types: rasterio raises them directly from some calls (e.g. `rasterio.shutil.copy`)
+    from rasterio._err import CPLE_BaseError
+except ImportError:  # pragma: no cover - a rasterio that moved it
+    CPLE_BaseError = RasterioError
+
+NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, needed_bytes: int = 0) -> Iterator[None]:
+    """Turn a failed write of `path` into one line that says why: no space, a file-size limit, or GDAL's reason.
+
+    GDAL rarely reports a full disk or a file-size limit (`ulimit -f`) as such: libtiff's write fails, and the
+    error surfaces later as an unreadable block. So after any failure the free space and the limit are checked
+    against what the output needs.
+    """
+    try:
+        yield
+    except (RasterioError, CPLE_BaseError, OSError) as exc:
+        raise SemisegError(_write_failure(Path(path), needed_bytes, exc)) from None
+
+
+def _write_failure(path: Path, needed: int, exc: BaseException) -> str:
+    folder = path.parent if str(path.parent) else Path(".")
+    free = shutil.disk_usage(folder).free
+    limit = _file_size_limit()
+    mb = f"up to {needed / 1e6:.0f} MB needed"
+    if limit is not None and (limit < needed or getattr(exc, "errno", None) == errno.EFBIG):
+        return f"cannot write {path}: the file-size limit (ulimit -f) is {limit / 1e6:.1f} MB, {mb}"
+    if free < needed or getattr(exc, "errno", None) in NO_SPACE_ERRNOS:
+        return f"no space left on the device of {path}: {mb}, {free / 1e6:.0f} MB free in {folder}"
+    return f"writing {path} failed ({error_reason(exc)})"
+
+
+def _file_size_limit() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def class_colormap(num_classes: int) -> dict[int, tuple[int, int, int, int]]:
@@ -90,6 +138,10 @@ class StreamingGeoTiff:
         nodata: int = NODATA,
     ) -> None:
         self.path = Path(path)
+        self.needed = int(
+            width * height * 4 / 3 * 2
+        )  # raw bytes, overviews, and the COG copy of the temporary
+        self.sidecars: dict[Path, Path] = {}  # published sidecar path -> its temporary
         self.tmp = temp_path_for(self.path, ".tif")
         self.cog_tmp = temp_path_for(self.path, ".tif")
         self.tags = {k: str(v) for k, v in (tags or {}).items()}
@@ -112,42 +164,73 @@ class StreamingGeoTiff:
         self.done = False
 
     def __enter__(self) -> StreamingGeoTiff:
-        self.ds = rasterio.open(self.tmp, "w", **self.profile)
+        with writing(self.path, self.needed):
+            self.ds = rasterio.open(self.tmp, "w", **self.profile)
         return self
 
     def write_rows(self, row: int, data: np.ndarray) -> None:
         """Write an n x width uint8 block starting at raster row `row`."""
         if data.shape[0]:
-            self.ds.write(data, 1, window=rasterio.windows.Window(0, row, data.shape[1], data.shape[0]))
+            with writing(self.path, self.needed):
+                self.ds.write(data, 1, window=rasterio.windows.Window(0, row, data.shape[1], data.shape[0]))
 
-    def finish(self, colormap: Mapping[int, tuple[int, ...]] | None = None, extra_tags=None) -> Path:
-        """Add colour map, tags and overviews and convert to a COG, still under a temporary name (returned).
+    def finish(
+        self,
+        colormap: Mapping[int, tuple[int, ...]] | None = None,
+        extra_tags: Mapping[str, object] | None = None,
+        *,
+        description: str | None = None,
+        band_tags: Mapping[str, object] | None = None,
+        scale: float | None = None,
+        sidecars: Mapping[str, str] | None = None,
+    ) -> Path:
+        """Add colour map, tags, band description, scale and overviews and convert to a COG, still under a
+        temporary name (returned).
 
-        Publishing is a separate step (`publish`) so a caller writing several outputs can finish them all,
-        derive polygons from the finished files, and only then move everything into place.
+        `scale` is stored as the band's scale factor (readers that honour it, GDAL and QGIS among them, show
+        value x scale); `sidecars` maps a suffix to text written beside the output on publishing: `.qml` becomes
+        `<stem>.qml`, anything else `<name><suffix>` (e.g. `.aux.xml`). Publishing is a separate step
+        (`publish`) so a caller writing several outputs can finish them all, derive polygons from the finished
+        files, and only then move everything into place.
         """
-        if colormap:
-            self.ds.write_colormap(1, dict(colormap))
-        tags = {k: str(v) for k, v in (extra_tags or {}).items()}
-        tags.update(self.tags)  # tags the caller passed win over defaults filled in at the end
-        self.ds.update_tags(**tags)
-        self.ds.close()
-        with rasterio.open(self.tmp, "r+") as ds:
-            ds.build_overviews(overview_factors(ds.height, ds.width), Resampling.nearest)
-        rasterio.shutil.copy(
-            self.tmp,
-            self.cog_tmp,
-            driver="COG",
-            compress="DEFLATE",
-            blocksize=BLOCK,
-            overview_resampling="NEAREST",
-            BIGTIFF="IF_SAFER",
-        )
-        remove_quietly([self.tmp])
+        with writing(self.path, self.needed):
+            self.ds.close()
+            # Reopened for update: libtiff cannot change the photometric tag of a file whose first strip is
+            # already written (a one-block raster), which a palette needs; an update rewrites the directory.
+            with rasterio.open(self.tmp, "r+") as ds:
+                if colormap:
+                    ds.write_colormap(1, dict(colormap))
+                tags = {k: str(v) for k, v in (extra_tags or {}).items()}
+                tags.update(self.tags)  # tags the caller passed win over defaults filled in at the end
+                ds.update_tags(**tags)
+                if band_tags:
+                    ds.update_tags(1, **{k: str(v) for k, v in band_tags.items()})
+                if description:
+                    ds.set_band_description(1, description)
+                if scale is not None:
+                    ds.scales, ds.offsets = (scale,), (0.0,)
+                ds.build_overviews(overview_factors(ds.height, ds.width), Resampling.nearest)
+            rasterio.shutil.copy(
+                self.tmp,
+                self.cog_tmp,
+                driver="COG",
+                compress="DEFLATE",
+                blocksize=BLOCK,
+                overview_resampling="NEAREST",
+                BIGTIFF="IF_SAFER",
+            )
+            remove_quietly([self.tmp])
+            for suffix, text in (sidecars or {}).items():
+                target = self.path.with_suffix(suffix) if suffix == ".qml" else Path(f"{self.path}{suffix}")
+                self.sidecars[target] = temp_path_for(target)
+                self.sidecars[target].write_text(text, encoding="utf-8")
         return self.cog_tmp
 
     def publish(self) -> Path:
-        """Move the finished COG onto the output path (atomic within one folder)."""
+        """Move the sidecars, then the finished COG, onto their paths (each atomic within the folder): the raster
+        appears last, so its presence means the set is complete."""
+        for target, tmp in self.sidecars.items():
+            os.replace(tmp, target)
         os.replace(self.cog_tmp, self.path)
         self.done = True
         self.cleanup()
@@ -158,6 +241,7 @@ class StreamingGeoTiff:
         if self.ds is not None and not self.ds.closed:
             self.ds.close()
         remove_quietly([self.tmp, self.cog_tmp, Path(f"{self.tmp}.aux.xml"), Path(f"{self.cog_tmp}.aux.xml")])
+        remove_quietly(self.sidecars.values())
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.done:
