@@ -108,6 +108,11 @@ class ModelConfig:
         "encoder weights: a `dinov2_vit*14_pretrain.pth` (or timm state dict / safetensors), `hub` (timm hub, "
         "needs network once) or null (random init)",
     )
+    freeze_encoder: bool = _opt(
+        False,
+        "train only the fusion and head: the encoder gets no gradients and no optimiser state (the official "
+        "`lock_backbone`; its ADE20K config file sets it, its frozen-encoder ablation uses it)",
+    )
 
 
 @dataclass

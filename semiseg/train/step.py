@@ -107,6 +107,8 @@ class TrainStep:
         fusion = get_task(cfg.task).fusion
         weights = cfg.model.weights if pretrained else None
         model = build_model(cfg.model.encoder, cfg.data.nclass, fusion, weights).to(device)
+        if cfg.model.freeze_encoder:
+            model.freeze_encoder()  # before the optimiser is built: its encoder group stays empty
         ema = EMA(model, cfg.method.ema_decay) if method.uses_ema else None
         return cls(model, method, build_optimizer(model, cfg.optim), cfg, total_iters, device, ema, dist)
 
