@@ -58,7 +58,7 @@ def dataset_info(dataset: str) -> SegmentationDatasetInfo:
 # PrevMatch's settings per benchmark in its official configs (the rest are the schema's defaults): a smaller store
 # and five base-only epochs on the large datasets, and the averaged-confidence weighting on Cityscapes.
 PREVMATCH_DEFAULTS: dict[str, dict[str, object]] = {
-    "cityscapes": {"conf_mode": "pixelavg"},
+    "cityscapes": {"conf_mode": "pixelavg", "conf_thresh": 0.0},
     "ade20k": {"max_snapshots": 5, "warmup_epochs": 5},
     "coco": {"max_snapshots": 5, "warmup_epochs": 5},
 }
