@@ -223,6 +223,18 @@ class TrainConfig:
     log_every: int = _opt(20, "iterations between logged training losses")
     save_every: int = _opt(1, "epochs between `latest.pt` saves")
     grad_clip: float | None = _opt(None, "clip the gradient norm to this (null: no clipping)")
+    accumulate: int = _opt(
+        1,
+        "micro-batches of `data.batch_size` per optimiser step, gradients added up (DDP exchanges them once per "
+        "step): the step of a run with `accumulate` times more processes, exactly (no BatchNorm in the model)",
+    )
+    global_batch: int | None = _opt(
+        None,
+        "samples per optimiser step over all processes, in units of `data.batch_size` (official: 16 Pascal/COCO, "
+        "8 Cityscapes/ADE20K/LEVIR-CD/WHU-CD); sets `accumulate` to global_batch / (batch_size × processes), which "
+        "must be a whole number, so one config gives the official step on any GPU count. Null: no accumulation "
+        "beyond `accumulate`",
+    )
 
 
 @dataclass
@@ -484,6 +496,13 @@ def _check_ranges(cfg: Config) -> None:
         raise SemisegError(
             f"method.prevmatch.warmup_epochs must be 0 or more, got {m.prevmatch.warmup_epochs}"
         )
+    positive["train.accumulate"] = t.accumulate
+    if t.global_batch is not None:
+        positive["train.global_batch"] = t.global_batch
+        if t.accumulate != 1:
+            raise SemisegError(
+                "set train.global_batch or train.accumulate, not both (global_batch sets accumulate)"
+            )
     if t.max_iters is not None:
         positive["train.max_iters"] = t.max_iters
     for key, value in positive.items():
