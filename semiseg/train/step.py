@@ -141,7 +141,7 @@ class TrainStep:
         by their number, is backpropagated and the gradients add up, so the step sees the mean of the
         micro-batches' losses, exactly what DDP's gradient average gives one micro-batch per process (the model
         has no BatchNorm, and the teacher, learning rate and EMA change only between optimiser steps). Each
-        micro-batch keeps its own normalisation and its own CutMix partners, as each GPU of the official runs did.
+        micro-batch keeps its own loss normalisation and its own CutMix partners, as each GPU of the official runs did.
         The learning rate, the method's schedules and the EMA advance once per call. Logs are the micro-batches'
         means. One micro-batch is the plain step of the module doc."""
         cfg, n = self.cfg, len(micro_batches)
