@@ -247,6 +247,18 @@ def cmd_export(task: Task) -> Handler:
     return handler
 
 
+def cmd_compare_log(task: Task) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        from semiseg.compare_log import compare_log
+
+        summary = compare_log(args.run, args.official_log, args.out, args.spread)
+        print(summary["verdict"])
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+
+    return handler
+
+
 CHECKPOINT_HELP = (
     "a checkpoint: ours (best.pt, latest.pt), an export (.safetensors), or an official UniMatch V2 one"
 )
@@ -303,6 +315,19 @@ def make_parser(
     p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--out", required=True, help="output path without extension")
     p.add_argument("--which", choices=["auto", "ema", "model"], default="auto", help=WHICH_HELP)
+
+    p = add_command(
+        sub, "compare-log", cmd_compare_log(task),
+        "hold a run against an official UniMatch V2 training log: aligned table, plot, verdict",
+        examples.get("compare-log", f"{task.command} compare-log runs/x training-logs/official.log"),
+    )  # fmt: skip
+    p.add_argument("run", help="our run folder (train --out): metrics.csv, log.txt, tb/")
+    p.add_argument("official_log", help="an official training log (training-logs/*.log of UniMatch V2)")
+    p.add_argument("--out", help="folder for compare.csv, compare.md, compare.png (default: the run folder)")
+    p.add_argument(
+        "--spread", type=float, default=1.0,
+        help="points of the metric within which the two count as equal (see semiseg/compare_log.py)",
+    )  # fmt: skip
     return parser, sub
 
 

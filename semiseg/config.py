@@ -113,18 +113,41 @@ class ModelConfig:
         "encoder weights: a `dinov2_vit*14_pretrain.pth` (or timm state dict / safetensors), `hub` (timm hub, "
         "needs network once) or null (random init)",
     )
+    freeze_encoder: bool = _opt(
+        False,
+        "train only the fusion and head: the encoder gets no gradients and no optimiser state (the official "
+        "`lock_backbone`; its ADE20K config file sets it, its frozen-encoder ablation uses it)",
+    )
 
 
 @dataclass
 class PrevMatchConfig:
-    max_snapshots: int = _opt(8, "store size; the oldest snapshot leaves first (paper: 8, 5 on COCO/ADE20K)")
-    trigger: Literal["every_k_epochs", "best_val"] = _opt(
-        "every_k_epochs",
-        "`every_k_epochs`: a snapshot after every `every_k`-th epoch. `best_val`: a snapshot when the evaluated "
-        "student's primary metric is a new best, as officially; with `data.val_list: test` that selects on the "
-        "test set (a warning says so)",
+    max_snapshots: int = _opt(
+        8,
+        "store size; the oldest snapshot leaves first (official: 8, 5 on COCO/ADE20K: the datasets' defaults)",
+    )
+    trigger: Literal["best_val", "every_k_epochs"] = _opt(
+        "best_val",
+        "`best_val` (official): a snapshot when the evaluated student's primary metric is a new best, so the store "
+        "spans many epochs; with `data.val_list: test` that selects on the test set (a warning says so). "
+        "`every_k_epochs`: a snapshot after every `every_k`-th epoch (needs no evaluation)",
     )
     every_k: int = _opt(1, "epochs between snapshots for `every_k_epochs`")
+    warmup_epochs: int = _opt(
+        0,
+        "no snapshot before this many epochs are done, whatever the trigger (official: 0, 5 on COCO/ADE20K: the "
+        "datasets' defaults); new bests during the warm-up still raise the bar",
+    )
+    lambda_schedule: Literal["per_epoch", "per_iteration"] = _opt(
+        "per_epoch",
+        "λ of the term, a triangle over training: `per_epoch` (official) holds it for an epoch, e/(E/2) rising "
+        "then 1 − (e − E/2)/(E − E/2) falling (E/2 rounded down); `per_iteration` is the same triangle, smooth",
+    )
+    conf_mode: Literal["pixelwise", "pixelavg"] = _opt(
+        "pixelwise",
+        "how the snapshots' confidence weighs the term: `pixelwise`, pixels at least `conf_thresh` (official); "
+        "`pixelavg`, the mean confidence instead of a threshold (official on Cityscapes: its dataset default)",
+    )
     max_ensemble: int = _opt(
         3, "at most this many snapshots per iteration (k ~ U{1..k_max}, Dirichlet weights)"
     )
@@ -205,6 +228,18 @@ class TrainConfig:
     log_every: int = _opt(20, "iterations between logged training losses")
     save_every: int = _opt(1, "epochs between `latest.pt` saves")
     grad_clip: float | None = _opt(None, "clip the gradient norm to this (null: no clipping)")
+    accumulate: int = _opt(
+        1,
+        "micro-batches of `data.batch_size` per optimiser step, gradients added up (DDP exchanges them once per "
+        "step): the step of a run with `accumulate` times more processes, exactly (no BatchNorm in the model)",
+    )
+    global_batch: int | None = _opt(
+        None,
+        "samples per optimiser step over all processes, in units of `data.batch_size` (official: 16 Pascal/COCO, "
+        "8 Cityscapes/ADE20K/LEVIR-CD/WHU-CD); sets `accumulate` to global_batch / (batch_size × processes), which "
+        "must be a whole number, so one config gives the official step on any GPU count. Null: no accumulation "
+        "beyond `accumulate`",
+    )
 
 
 @dataclass
@@ -462,6 +497,17 @@ def _check_ranges(cfg: Config) -> None:
         "method.prevmatch.max_snapshots": m.prevmatch.max_snapshots, "method.prevmatch.every_k": m.prevmatch.every_k,
         "method.prevmatch.max_ensemble": m.prevmatch.max_ensemble, "data.window": d.window,
     }  # fmt: skip
+    if m.prevmatch.warmup_epochs < 0:
+        raise SemisegError(
+            f"method.prevmatch.warmup_epochs must be 0 or more, got {m.prevmatch.warmup_epochs}"
+        )
+    positive["train.accumulate"] = t.accumulate
+    if t.global_batch is not None:
+        positive["train.global_batch"] = t.global_batch
+        if t.accumulate != 1:
+            raise SemisegError(
+                "set train.global_batch or train.accumulate, not both (global_batch sets accumulate)"
+            )
     if t.max_iters is not None:
         positive["train.max_iters"] = t.max_iters
     for key, value in positive.items():

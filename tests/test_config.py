@@ -37,6 +37,8 @@ def test_paper_settings_per_benchmark():
         "change_detection", 252, 8, "student"
     )  # fmt: skip
     assert by_name["levir_cd_small"].model.encoder == "small"
+    # Only the frozen-encoder ADE20K config freezes (the published main-table ADE20K runs trained the encoder).
+    assert [n for n, c in by_name.items() if c.model.freeze_encoder] == ["ade20k_frozen"]
 
 
 def test_overrides_parse_yaml_values_and_nested_keys():

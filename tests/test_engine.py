@@ -331,3 +331,65 @@ def test_a_resume_whose_schedule_would_change_is_refused(tmp_path):
     train(_seg_config(split, "folder", "unimatch_v2", "train.max_iters=2"), out, progress=False)
     with pytest.raises(SemisegError, match="a schedule of 8 iterations -> 4 .*pass --force"):
         train(_seg_config(split, "folder", "unimatch_v2", "data.batch_size=4"), out, progress=False)
+
+
+# ---------------------------------------------------------------- a frozen encoder (the official lock_backbone)
+def _synthetic_step(freeze: bool):
+    from semiseg.methods.base import Batch
+    from semiseg.train.state import seed_all
+    from semiseg.train.step import TrainStep
+
+    overrides = ["data.nclass=3", "data.crop_size=28", "model.encoder=tiny", "method.conf_thresh=0.0"]
+    cfg = load_config(None, [*overrides, f"model.freeze_encoder={str(freeze).lower()}"])
+    seed_all(0)
+    step = TrainStep.from_config(cfg, torch.device("cpu"), total_iters=10)
+    step.model.train()
+    g = torch.Generator().manual_seed(1)
+
+    def batch() -> Batch:
+        images = (torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8, generator=g),)
+        return Batch(
+            images, torch.randint(0, 3, (2, 28, 28), generator=g), torch.zeros(2, 28, 28, dtype=torch.uint8)
+        )
+
+    labeled, unlabeled = batch(), batch()
+    initial = {k: v.clone() for k, v in step.model.state_dict().items()}
+    step(labeled, unlabeled, 0)
+    return step, initial
+
+
+def test_a_frozen_encoder_gets_no_gradient_nor_optimiser_state_and_the_head_steps_as_unfrozen():
+    frozen, initial = _synthetic_step(freeze=True)
+    trained, _ = _synthetic_step(freeze=False)
+    encoder = {id(p) for p in frozen.model.encoder.parameters()}
+    assert all(p.grad is None and not p.requires_grad for p in frozen.model.encoder.parameters())
+    assert frozen.optimizer.param_groups[0]["params"] == []  # the group stays, empty, as officially
+    assert not any(id(p) in encoder for p in frozen.optimizer.state)
+    head = list(frozen.model.head.parameters())
+    assert all(p.grad is not None for p in head) and all(p in frozen.optimizer.state for p in head)
+    for k, v in frozen.model.state_dict().items():
+        if k.startswith("encoder."):
+            assert torch.equal(v, initial[k]), k  # untouched (weight decay would move it otherwise)
+    # The head's gradient does not depend on whether the encoder takes one, so from the same weights and draws
+    # the head takes exactly the unfrozen step.
+    theirs = trained.model.state_dict()
+    for k, v in frozen.model.state_dict().items():
+        if k.startswith("head."):
+            torch.testing.assert_close(v, theirs[k], rtol=1e-6, atol=1e-7, msg=k)
+    assert not torch.equal(theirs["encoder.vit.norm.weight"], initial["encoder.vit.norm.weight"])
+
+
+def test_a_frozen_encoder_is_recorded_in_the_checkpoint_and_fixed_on_resume(tmp_path):
+    import semiseg
+
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    out = tmp_path / "run"
+    frozen = ("model.freeze_encoder=true", "train.max_iters=2")
+    train(_seg_config(split, "folder", "unimatch_v2", *frozen), out, progress=False)
+    ckpt = torch.load(out / "latest.pt", weights_only=True)
+    assert ckpt["config"]["model"]["freeze_encoder"] is True and ckpt["meta"]["freeze_encoder"] is True
+    assert semiseg.load_model(out / "latest.pt").meta["freeze_encoder"] is True
+    n_trained = sum(1 for k in ckpt["model"] if not k.startswith("encoder."))
+    assert len(ckpt["optimizer"]["state"]) == n_trained  # AdamW moments for the head only
+    with pytest.raises(SemisegError, match="model.freeze_encoder=True but the config says False"):
+        train(_seg_config(split, "folder", "unimatch_v2"), out, progress=False)

@@ -15,13 +15,14 @@ from semiseg.config import load_config
 from semiseg.errors import SemisegError
 from semiseg.methods.base import Batch, Models
 from semiseg.methods.extras import StepContext
-from semiseg.methods.losses import pseudo_label_loss
+from semiseg.methods.losses import averaged_confidence_loss, pseudo_label_loss
 from semiseg.methods.maskmatch import apply_mask, block_mask, multiscale_probs, scaled_side
 from semiseg.methods.prevmatch import (
     PrevMatch,
     dirichlet_weights,
     draw_ensemble,
     ensemble_logits,
+    epoch_triangle_weight,
     triangle_weight,
 )
 from semiseg.models.normalize import normalize
@@ -30,6 +31,8 @@ from semiseg.models.specs import IMAGENET_MEAN, IMAGENET_STD
 from semiseg.registry import build_method
 from semiseg.task import get_task
 from semiseg.train.loop import train
+
+EVERY_EPOCH = "method.prevmatch.trigger=every_k_epochs"
 
 
 def _cfg(*overrides: str):
@@ -95,7 +98,7 @@ def test_an_ensemble_of_one_snapshot_is_that_snapshots_logits_and_leaves_the_mod
 
 # ---------------------------------------------------------------- PrevMatch: store and triggers
 def test_snapshot_store_is_fifo_with_a_maximum_size():
-    extra = PrevMatch(_cfg("method.extras=[prevmatch]", "method.prevmatch.max_snapshots=2"))
+    extra = PrevMatch(_cfg(EVERY_EPOCH, "method.prevmatch.max_snapshots=2"))
     for epoch, value in ((1, 1.0), (2, 2.0), (3, 3.0)):
         extra.on_epoch_end(_linear(value), epoch, None)
     assert extra.snapshot_epochs == [2, 3]
@@ -103,7 +106,7 @@ def test_snapshot_store_is_fifo_with_a_maximum_size():
 
 
 def test_snapshots_are_frozen_copies():
-    extra = PrevMatch(_cfg("method.extras=[prevmatch]"))
+    extra = PrevMatch(_cfg(EVERY_EPOCH))
     layer = _linear(1.0)
     extra.on_epoch_end(layer, 1, None)
     with torch.no_grad():
@@ -112,10 +115,10 @@ def test_snapshots_are_frozen_copies():
 
 
 def test_every_k_trigger_adds_a_snapshot_every_k_epochs():
-    extra = PrevMatch(_cfg("method.extras=[prevmatch]", "method.prevmatch.every_k=2"))
+    extra = PrevMatch(_cfg(EVERY_EPOCH, "method.prevmatch.every_k=2", "method.prevmatch.warmup_epochs=3"))
     for epoch in range(1, 6):
         extra.on_epoch_end(_linear(float(epoch)), epoch, {"student": {"miou": 1.0}})
-    assert extra.snapshot_epochs == [2, 4]
+    assert extra.snapshot_epochs == [4]  # epoch 2 falls in the warm-up
 
 
 def test_best_val_trigger_adds_a_snapshot_on_each_new_best_student_score():
@@ -136,6 +139,97 @@ def test_best_val_trigger_adds_a_snapshot_on_each_new_best_student_score():
     )
     cd.on_epoch_end(_linear(1.0), 1, {"ema": {"iou": 3.0}})  # only the EMA evaluated: its score is used
     assert cd.snapshot_epochs == [1]
+
+
+def _official_snapshot_epochs(scores: list[float], warmup: int, store: int) -> list[int]:
+    """The official PrevMatch loop, replayed: at the start of 0-based epoch e a snapshot is added when the previous
+    epoch's score was a new best (strictly above the best so far, which starts at 0) and e >= the warm-up; the
+    snapshot then holds the weights after e completed epochs."""
+    taken, best, is_best = [], 0.0, False
+    for e in range(len(scores) + 1):
+        if is_best and e >= warmup:
+            taken = [*taken, e][-store:]
+        if e < len(scores):
+            is_best, best = scores[e] > best, max(best, scores[e])
+    return taken
+
+
+SCORES = [0.0, 5.0, 3.0, 7.0, 7.0, 6.0, 9.0, 10.0, 8.0, 11.0, 12.0, 13.0, 2.0, 14.0, 15.0, 16.0, 17.0, 18.0]
+
+
+@pytest.mark.parametrize(
+    "dataset,store,warmup,expected",
+    [
+        ("pascal", 8, 0, [11, 12, 14, 15, 16, 17, 18, 19]),
+        ("cityscapes", 8, 0, [11, 12, 14, 15, 16, 17, 18, 19]),
+        ("ade20k", 5, 5, [15, 16, 17, 18, 19]),
+        ("coco", 5, 5, [15, 16, 17, 18, 19]),
+    ],
+)
+def test_best_val_snapshots_exactly_at_new_bests_after_the_warm_up_with_the_datasets_store(
+    dataset, store, warmup, expected
+):
+    cfg = _cfg(f"data.dataset={dataset}", "method.extras=[prevmatch]")
+    p = cfg.method.prevmatch
+    assert (p.trigger, p.max_snapshots, p.warmup_epochs) == ("best_val", store, warmup)
+    extra = PrevMatch(cfg)
+    seen = []
+    for epoch, value in enumerate([*SCORES, 19.0], start=1):
+        extra.on_epoch_end(_linear(float(epoch)), epoch, {"student": {"miou": value}, "ema": {"miou": 99.0}})
+        seen = sorted(set(seen) | set(extra.snapshot_epochs))
+    assert extra.snapshot_epochs == expected == _official_snapshot_epochs([*SCORES, 19.0], warmup, store)
+    # every new best after the warm-up, and nothing else, entered the store at some point
+    assert seen == [e for e in (2, 4, 7, 8, 10, 11, 12, 14, 15, 16, 17, 18, 19) if e >= warmup]
+    assert [s["weight"][0, 0].item() for s in extra.snapshots] == [float(e) for e in expected]
+
+
+def test_a_run_snapshots_at_its_new_best_validation_scores_after_the_warm_up(tmp_path, monkeypatch):
+    """The trainer hands each evaluation to PrevMatch: scripted validation scores decide the store."""
+    import semiseg.train.loop as loop
+
+    scores = iter([4.0, 6.0, 5.0, 7.0, 7.0, 9.0])
+    monkeypatch.setattr(
+        loop, "_evaluate_all", lambda *a: {"student": {"miou": (v := next(scores))}, "ema": {"miou": v - 1}}
+    )
+    split = make_segmentation_benchmark(tmp_path, "folder", n_unlabeled=2)
+    cfg = _seg_run_config(
+        split, "method.extras=[prevmatch]", "method.prevmatch.trigger=best_val", "train.epochs=6",
+        "method.prevmatch.warmup_epochs=2", "method.prevmatch.max_snapshots=2",
+    )  # fmt: skip
+    train(cfg, tmp_path / "run", progress=False)
+    state = torch.load(tmp_path / "run" / "latest.pt", weights_only=True)["method"]["prevmatch"]
+    assert state["epochs"] == [4, 6] and state["best"] == 9.0  # bests at 1, 2, 4, 6; 1 is in the warm-up
+    assert state["epochs"] == _official_snapshot_epochs([4.0, 6.0, 5.0, 7.0, 7.0, 9.0], 2, 2)
+
+
+def test_per_epoch_lambda_steps_once_an_epoch_like_the_official_schedule():
+    assert [epoch_triangle_weight(e, 60) for e in (0, 15, 30, 45, 59)] == pytest.approx(
+        [0, 0.5, 1, 0.5, 1 / 30]
+    )
+    assert [epoch_triangle_weight(e, 5) for e in range(5)] == pytest.approx([0, 0.5, 1, 2 / 3, 1 / 3])
+    extra = PrevMatch(_cfg("method.extras=[prevmatch]", "train.epochs=10"))
+    assert extra.cfg.lambda_schedule == "per_epoch"
+    weights = [extra.weight(it, total_iters=40) for it in range(40)]  # 4 iterations per epoch
+    assert weights[:8] == [0.0] * 4 + [0.2] * 4 and weights[-1] == pytest.approx(0.2)
+    assert weights == [epoch_triangle_weight(it // 4, 10) for it in range(40)]
+    smooth = PrevMatch(_cfg("method.prevmatch.lambda_schedule=per_iteration", "train.epochs=10"))
+    assert (
+        smooth.weight(5, 40) == pytest.approx(triangle_weight(5, 40)) and smooth.weight(5, 40) != weights[5]
+    )
+
+
+def test_averaged_confidence_weighting_is_the_official_cityscapes_formula():
+    assert _cfg("data.dataset=cityscapes").method.prevmatch.conf_mode == "pixelavg"
+    assert _cfg("data.dataset=pascal").method.prevmatch.conf_mode == "pixelwise"
+    logits = torch.zeros(2, 2, 2, 2, requires_grad=True)  # CE = log 2 at every pixel
+    plabel = torch.zeros(2, 2, 2, dtype=torch.long)
+    conf = torch.stack([torch.full((2, 2), 0.5), torch.tensor([[1.0, 1.0], [1.0, 0.0]])])
+    ignore = torch.zeros(2, 2, 2, dtype=torch.uint8)
+    ignore[1, 1, 1] = 255  # padded: out of image 1's mean confidence and of the count, not of the CE sum
+    loss = averaged_confidence_loss(logits, plabel, conf, ignore)
+    assert loss.item() == pytest.approx(8 * math.log(2) * (0.5 + 1.0) / 7)
+    loss.backward()
+    assert logits.grad is not None
 
 
 def test_best_val_on_the_test_list_warns():
@@ -179,7 +273,12 @@ def _context(method, models: Models, n_dates: int, iteration: int = 50, total: i
 
 def test_prevmatch_term_is_the_unlabeled_loss_against_the_cutmixed_snapshot_labels():
     torch.manual_seed(0)
-    cfg = _cfg("method.extras=[prevmatch]", "method.prevmatch.conf_thresh=0.4")
+    cfg = _cfg(
+        "method.extras=[prevmatch]",
+        "method.prevmatch.conf_thresh=0.4",
+        "method.prevmatch.lambda_schedule=per_iteration",
+        EVERY_EPOCH,
+    )
     method = build_method(cfg, IMAGENET_MEAN, IMAGENET_STD)
     extra = method.extras[0]
     model, old = build_model("tiny", 3), build_model("tiny", 3)
@@ -311,6 +410,7 @@ def test_both_extras_enter_the_step_with_their_weights(task):
     cfg = _cfg(
         f"task={task}", f"data.nclass={nclass}", "method.extras=[prevmatch,maskmatch]",
         "method.maskmatch.block_size=14", "method.conf_thresh=0.0", "method.prevmatch.conf_thresh=0.0",
+        "method.prevmatch.lambda_schedule=per_iteration", EVERY_EPOCH,
     )  # fmt: skip
     method = build_method(cfg, IMAGENET_MEAN, IMAGENET_STD)
     model = build_model("tiny", nclass, get_task(task).fusion)
@@ -334,7 +434,7 @@ def _seg_run_config(split: Path, *extra: str):
             "data.dataset=folder", f"data.root={split.parent / 'data'}", f"data.split={split}", "data.nclass=3",
             "data.crop_size=28", "data.batch_size=2", "data.workers=0", "model.encoder=tiny",
             "method.conf_thresh=0.5", "train.epochs=2", "optim.lr=1e-4", "method.maskmatch.block_size=14",
-            "method.prevmatch.conf_thresh=0.5", *extra,
+            "method.prevmatch.conf_thresh=0.5", "method.prevmatch.trigger=every_k_epochs", *extra,
         ],
     )  # fmt: skip
 
@@ -363,7 +463,7 @@ def test_change_detection_trains_with_each_extra(tmp_path, extras):
             "task=change_detection", "data.dataset=levir_cd", f"data.root={tmp_path / 'levir'}",
             f"data.split={split}", "data.nclass=2", "data.crop_size=42", "data.batch_size=2", "data.workers=0",
             "model.encoder=tiny", "method.teacher=student", f"method.extras={extras}", "train.epochs=2",
-            "method.maskmatch.block_size=14",
+            "method.maskmatch.block_size=14", "method.prevmatch.trigger=every_k_epochs",
         ],
     )  # fmt: skip
     result = train(cfg, tmp_path / "run", progress=False)

@@ -54,3 +54,20 @@ def pseudo_label_loss(
     valid = ignore != IGNORE
     keep = (conf >= conf_thresh) & valid
     return (ce * keep).sum() / valid.sum().clamp_min(1)
+
+
+def averaged_confidence_loss(
+    logits: torch.Tensor, plabel: torch.Tensor, conf: torch.Tensor, ignore: torch.Tensor
+) -> torch.Tensor:
+    """PrevMatch's Cityscapes weighting (its `pixelavg` mode), exactly as the official code computes it:
+    (Σ CE over every pixel of the batch) · (Σ_images mean confidence over the image's non-padded pixels)
+    / #[ignore ≠ 255].
+
+    No threshold: on Cityscapes most pixels are confident, so a mean confidence per image replaces the cut. Note
+    what the official expression does, kept here for parity: the CE sum runs over the whole batch, padded pixels
+    included, and multiplies the *sum* of the per-image mean confidences (B times a per-image weighting).
+    """
+    ce = F.cross_entropy(logits.float(), plabel, reduction="none")
+    valid = (ignore != IGNORE).float()
+    mean_conf = (conf.float() * valid).sum((1, 2)) / valid.sum((1, 2)).clamp_min(1)
+    return ce.sum() * mean_conf.sum() / valid.sum().clamp_min(1)

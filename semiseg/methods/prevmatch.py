@@ -19,13 +19,30 @@ Cost choices (PrevMatch reports +20-25 % per iteration):
 Randomness (the subset size k, the subset, the Dirichlet weights) comes from torch's global CPU generator, whose
 state the trainer checkpoints, so a resumed run draws exactly what the uninterrupted run would have drawn.
 
-Triggers (`prevmatch.trigger`):
-- `every_k_epochs` (default): a snapshot after every `every_k`-th epoch; needs no evaluation data at all;
-- `best_val`: a snapshot when the evaluated *student's* metric (mIoU, or change IoU) is a new best; the student is
-  what gets stored, so its score decides (when only the EMA is evaluated, `eval.model: ema`, the EMA's score is
-  used instead). The official code does this on the validation split. The trainer evaluates on `data.val_list`,
-  which the change-detection configs set to `test` (the official protocol): with `best_val` that would select
-  snapshots on the test set, so switch to `data.val_list: val` (a warning says so at start-up).
+Triggers (`prevmatch.trigger`), after `warmup_epochs` completed epochs (the base loss alone before):
+- `best_val` (default, official): a snapshot when the evaluated *student's* metric (mIoU, or change IoU) is a new
+  best; the student is what gets stored, so its score decides (when only the EMA is evaluated, `eval.model: ema`,
+  the EMA's score is used instead). The official code does this on the validation split. The trainer evaluates on
+  `data.val_list`, which the change-detection configs set to `test` (the official protocol): with `best_val` that
+  would select snapshots on the test set, so the PrevMatch change-detection configs use `data.val_list: val` (a
+  warning says so at start-up otherwise);
+- `every_k_epochs`: a snapshot after every `every_k`-th epoch; needs no evaluation data at all.
+
+Where we differ from the official PrevMatch code (wooseok-shin/PrevMatch, `prevmatch.py` and `prev_utils.py`),
+and why:
+- the official code adds the snapshot at the start of the epoch after the new best; we add it right after that
+  evaluation, before the next step: the same weights at the same point of training;
+- the official base method is UniMatch (V1) on DeepLabV3+, with three unlabeled terms (two strong views and a
+  feature-perturbed weak view, weighted 0.25/0.25/0.5); the term here is the base method's own unlabeled loss
+  (UniMatch V2: the two strong views, averaged) against the snapshots' pseudo-labels, so the two agree term by term
+  where the streams exist;
+- its single model is both the one scored and the one stored; with an EMA teacher we score the student, which is
+  what is stored;
+- its draws (k, the subset, the Dirichlet weights) come from numpy and Python's `random`; ours from torch's
+  generator (same distributions), so a resume replays them;
+- it evaluates every epoch; with `train.eval_every` > 1, `best_val` can only fire on evaluated epochs;
+- the CutMix partner of a pseudo-label is the reversed batch (UniMatch V2's rule), not a second loader's batch;
+- the snapshots' logits are summed in float32 even under autocast.
 """
 
 from __future__ import annotations
@@ -41,7 +58,7 @@ from torch.func import functional_call
 from semiseg.augment import mix_with_reversed
 from semiseg.config import Config
 from semiseg.methods.extras import Extra, StepContext
-from semiseg.methods.losses import pseudo_label_loss
+from semiseg.methods.losses import averaged_confidence_loss, pseudo_label_loss
 from semiseg.task import get_task
 
 Snapshot = dict[str, torch.Tensor]
@@ -51,6 +68,15 @@ def triangle_weight(iteration: int, total_iters: int) -> float:
     """λ(t) = 1 - |2t - 1| with t = iteration / total: 0 at the start, 1 half-way, 0 at the end, linear between."""
     t = min(max(iteration / max(total_iters, 1), 0.0), 1.0)
     return 1.0 - abs(2.0 * t - 1.0)
+
+
+def epoch_triangle_weight(epoch: int, epochs: int) -> float:
+    """λ for a whole 0-based `epoch`, as the official code steps it: e/h for e < h, else 1 − (e − h)/(E − h), with
+    h = E // 2 (so λ is 0 in the first epoch, 1 at epoch h, and 1/(E − h) in the last)."""
+    half = epochs // 2
+    if epoch < half:
+        return epoch / half
+    return 1.0 - (epoch - half) / max(epochs - half, 1)
 
 
 def dirichlet_weights(k: int) -> torch.Tensor:
@@ -97,10 +123,11 @@ class PrevMatch(Extra):
                 stacklevel=2,
             )
         self.cfg = p
+        self.epochs = cfg.train.epochs
         self.metric = get_task(cfg.task).primary_metric
         self.snapshots: list[Snapshot] = []
         self.snapshot_epochs: list[int] = []
-        self.best: float = -math.inf
+        self.best: float = 0.0  # official: a score must beat 0 to count as a best
 
     # ---- snapshot store ----------------------------------------------------------------------------------
     def _store_device(self, like: torch.Tensor) -> torch.device:
@@ -130,8 +157,11 @@ class PrevMatch(Extra):
             self.snapshot_epochs.pop(0)
 
     def on_epoch_end(self, model: nn.Module, epoch: int, scores: dict[str, dict] | None) -> None:
+        """`epoch`: epochs completed (1-based). The best score is tracked through the warm-up too, as officially,
+        so the first snapshot after it needs a score above every earlier one."""
+        warmed_up = epoch >= self.cfg.warmup_epochs
         if self.cfg.trigger == "every_k_epochs":
-            if epoch % self.cfg.every_k == 0:
+            if warmed_up and epoch % self.cfg.every_k == 0:
                 self.add_snapshot(model, epoch)
             return
         if not scores:
@@ -140,7 +170,15 @@ class PrevMatch(Extra):
         value = float(source[self.metric])
         if value > self.best:
             self.best = value
-            self.add_snapshot(model, epoch)
+            if warmed_up:
+                self.add_snapshot(model, epoch)
+
+    def weight(self, iteration: int, total_iters: int) -> float:
+        """λ at optimiser step `iteration` (0-based) of `total_iters`, per `lambda_schedule`."""
+        if self.cfg.lambda_schedule == "per_iteration":
+            return triangle_weight(iteration, total_iters)
+        per_epoch = max(total_iters // max(self.epochs, 1), 1)
+        return epoch_triangle_weight(min(iteration // per_epoch, self.epochs - 1), self.epochs)
 
     # ---- the loss term -------------------------------------------------------------------------------------
     def _on(self, snapshot: Snapshot, device: torch.device) -> Snapshot:
@@ -149,7 +187,7 @@ class PrevMatch(Extra):
     def loss(self, ctx: StepContext) -> tuple[torch.Tensor, float, dict[str, torch.Tensor | float]] | None:
         if not self.snapshots:
             return None  # before the first snapshot: the base loss alone
-        weight = triangle_weight(ctx.iteration, ctx.total_iters)
+        weight = self.weight(ctx.iteration, ctx.total_iters)
         weak = self.normed(ctx.unlabeled.images)
         device = ctx.unlabeled.images[0].device
         self._place_store(device)
@@ -160,7 +198,10 @@ class PrevMatch(Extra):
         terms = []
         for view, pred, (_, _, ignore_mixed) in zip(ctx.views, ctx.pred_s, ctx.targets):
             plabel_m, conf_m = mix_with_reversed(view.box, plabel_prev, conf_prev)
-            terms.append(pseudo_label_loss(pred, plabel_m, conf_m, ignore_mixed, self.cfg.conf_thresh))
+            if self.cfg.conf_mode == "pixelavg":
+                terms.append(averaged_confidence_loss(pred, plabel_m, conf_m, ignore_mixed))
+            else:
+                terms.append(pseudo_label_loss(pred, plabel_m, conf_m, ignore_mixed, self.cfg.conf_thresh))
         term = sum(terms) / len(terms)
         logs = {
             "loss_prev": term.detach(),
@@ -174,11 +215,11 @@ class PrevMatch(Extra):
         return {
             "snapshots": list(self.snapshots),
             "epochs": list(self.snapshot_epochs),
-            "best": self.best if math.isfinite(self.best) else None,
+            "best": self.best,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.snapshots = [dict(s) for s in state.get("snapshots", [])]
         self.snapshot_epochs = list(state.get("epochs", []))
         best = state.get("best")
-        self.best = -math.inf if best is None else float(best)
+        self.best = 0.0 if best is None or not math.isfinite(best) else float(best)

@@ -271,7 +271,14 @@ def model_card(model: Segmentor, extra: dict[str, Any] | None = None) -> dict[st
         "mean": list(model.mean),
         "std": list(model.std),
     }
-    for key in ("crop_size", "training_data", "best", "pretrained_weights", "pretrained_license"):
+    for key in (
+        "crop_size",
+        "training_data",
+        "best",
+        "pretrained_weights",
+        "pretrained_license",
+        "freeze_encoder",
+    ):
         if recorded.get(key) is not None:
             card[key] = recorded[key]
     # torch.__version__ is a str subclass, which weights_only loading refuses

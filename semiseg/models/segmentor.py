@@ -105,6 +105,12 @@ class Segmentor(nn.Module):
         logits = self.head(feats)
         return F.interpolate(logits, size=images[0].shape[-2:], mode="bilinear", align_corners=True)
 
+    def freeze_encoder(self) -> None:
+        """Stop training the encoder (the official `lock_backbone`): its parameters stop requiring gradients, so
+        backward never reaches them and `param_groups` leaves them out of the optimiser (no AdamW state)."""
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(encoder params, everything else): the two learning-rate groups of the official recipe."""
         enc = [p for p in self.encoder.parameters() if p.requires_grad]

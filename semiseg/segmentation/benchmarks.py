@@ -55,6 +55,15 @@ def dataset_info(dataset: str) -> SegmentationDatasetInfo:
         ) from None
 
 
+# PrevMatch's settings per benchmark in its official configs (the rest are the schema's defaults): a smaller store
+# and five base-only epochs on the large datasets, and the averaged-confidence weighting on Cityscapes.
+PREVMATCH_DEFAULTS: dict[str, dict[str, object]] = {
+    "cityscapes": {"conf_mode": "pixelavg", "conf_thresh": 0.0},
+    "ade20k": {"max_snapshots": 5, "warmup_epochs": 5},
+    "coco": {"max_snapshots": 5, "warmup_epochs": 5},
+}
+
+
 def class_names(dataset: str, nclass: int) -> list[str]:
     """Names for per-class tables: the benchmark's own when the count matches, else `class_0..class_{n-1}`."""
     names = SEGMENTATION_DATASETS.get(dataset, SEGMENTATION_DATASETS["folder"]).class_names

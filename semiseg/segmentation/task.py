@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from semiseg.segmentation.benchmarks import SEGMENTATION_DATASETS, SegmentationDatasetInfo
+from semiseg.segmentation.benchmarks import PREVMATCH_DEFAULTS, SEGMENTATION_DATASETS, SegmentationDatasetInfo
 from semiseg.task import DatasetSpec, Task
 
 # `data.*` keys the segmentation datasets read beyond the common ones.
@@ -23,9 +23,12 @@ def _scores(cm: Any) -> dict:
     return segmentation_scores(cm)
 
 
-def _dataset(info: SegmentationDatasetInfo) -> DatasetSpec:
+def _dataset(name: str, info: SegmentationDatasetInfo) -> DatasetSpec:
     facts = {"nclass": info.nclass, "nsample": info.supervised_nsample}
-    return DatasetSpec(_build, KEYS, {"data": {k: v for k, v in facts.items() if v}}, info.layout)
+    defaults: dict[str, Any] = {"data": {k: v for k, v in facts.items() if v}}
+    if name in PREVMATCH_DEFAULTS:
+        defaults["method"] = {"prevmatch": dict(PREVMATCH_DEFAULTS[name])}
+    return DatasetSpec(_build, KEYS, defaults, info.layout)
 
 
 TASK = Task(
@@ -35,6 +38,6 @@ TASK = Task(
     fusion="identity",
     primary_metric="miou",
     scores=_scores,
-    datasets={name: _dataset(info) for name, info in SEGMENTATION_DATASETS.items()},
+    datasets={name: _dataset(name, info) for name, info in SEGMENTATION_DATASETS.items()},
     defaults={"data": {"dataset": "pascal"}, "method": {"grayscale_p": 0.2}},
 )

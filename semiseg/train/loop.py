@@ -58,6 +58,21 @@ def train(cfg: Config, out: str | Path, progress: bool | None = None, force: boo
         cleanup(info)
 
 
+def micro_batches_per_step(cfg: Config, world_size: int) -> int:
+    """How many micro-batches make one optimiser step: `train.accumulate`, or what `train.global_batch` needs on
+    `world_size` processes of `data.batch_size` each."""
+    t, b = cfg.train, cfg.data.batch_size
+    if t.global_batch is None:
+        return t.accumulate
+    per_micro_step = b * world_size
+    if t.global_batch % per_micro_step:
+        raise SemisegError(
+            f"train.global_batch={t.global_batch} is not a multiple of data.batch_size x processes = {b} x "
+            f"{world_size}: choose a batch size (or process count) that divides it"
+        )
+    return t.global_batch // per_micro_step
+
+
 class TrainLoaders:
     """The labeled and unlabeled streams: one deterministic, resumable sampler each, loaders made per epoch.
 
@@ -68,18 +83,21 @@ class TrainLoaders:
     def __init__(self, data: DataBundle, cfg: Config, info: DistInfo, device: torch.device) -> None:
         self.data, self.cfg, self.device = data, cfg, device
         bs = cfg.data.batch_size
+        self.accumulate = micro_batches_per_step(cfg, info.world_size)
         self.batch_u = bs
         self.batch_l = bs if data.unlabeled is not None else bs * 2
         self.sampler_l = EpochSampler(len(data.labeled), cfg.train.seed, info.rank, info.world_size)
         self.sampler_u = None
         if data.unlabeled is not None:
             self.sampler_u = EpochSampler(len(data.unlabeled), cfg.train.seed + 1, info.rank, info.world_size)
-        self.iters_per_epoch = (
+        self.batches_per_epoch = (
             len(self.sampler_u) // bs if self.sampler_u else len(self.sampler_l) // self.batch_l
         )
+        self.iters_per_epoch = self.batches_per_epoch // self.accumulate  # optimiser steps
         if self.iters_per_epoch < 1:
             raise SemisegError(
-                f"fewer training samples per process than one batch ({self.batch_l}): lower data.batch_size or add data"
+                f"fewer training samples per process than one optimiser step ({self.accumulate} x "
+                f"{self.batch_l}): lower data.batch_size or train.accumulate/global_batch, or add data"
             )
 
     def _loader(
@@ -107,9 +125,16 @@ class TrainLoaders:
             loaders.append(
                 iter(self._loader(ds, b, sampler, self.cfg.data.workers, True, 2 * epoch + stream))
             )
-        for _ in range(start, self.iters_per_epoch):
+        for _ in range(start, self.batches_per_epoch):
             batches = [Batch.from_loader(next(it), self.device) for it in loaders]
             yield batches[0], (batches[1] if len(batches) > 1 else None)
+
+    def steps(self, epoch: int, start: int) -> Iterator[list[tuple[Batch, Batch | None]]]:
+        """The micro-batches of optimiser steps `start`, `start + 1`, ... of epoch `epoch`, `accumulate` per step
+        (a last incomplete group is dropped, as a last incomplete batch is)."""
+        batches = self.epoch(epoch, start * self.accumulate)
+        for _ in range(start, self.iters_per_epoch):
+            yield [next(batches) for _ in range(self.accumulate)]
 
     def val_loader(self, info: DistInfo) -> DataLoader:
         sampler = ShardSampler(len(self.data.val), info.rank, info.world_size)
@@ -149,6 +174,7 @@ def _fit(
         f"{task.name} | {cfg.method.name}{''.join('+' + e for e in cfg.method.extras)} | "
         f"encoder {cfg.model.encoder} | {sum(p.numel() for p in step.model.parameters()) / 1e6:.1f}M params | "
         f"{loaders.iters_per_epoch} iters/epoch x {cfg.train.epochs} epochs | {info.world_size} process(es) on {device}"
+        + (f" | {loaders.accumulate} micro-batches per step" if loaders.accumulate > 1 else "")
     )
     if step.ema is not None and cfg.method.teacher == "student":
         log.info(
@@ -169,9 +195,9 @@ def _fit(
         if bar is not None:
             bar.set_description(f"epoch {epoch + 1}/{cfg.train.epochs}")
         step.model.train()
-        for b, (labeled, unlabeled) in enumerate(loaders.epoch(epoch, start), start=start):
+        for b, micro_batches in enumerate(loaders.steps(epoch, start), start=start):
             try:
-                logs = step(labeled, unlabeled, state.iteration)
+                logs = step.accumulated(micro_batches, state.iteration)
             except NonFiniteLossError as err:
                 save(out / "nonfinite.pt")
                 raise SemisegError(

@@ -9,7 +9,10 @@ from semiseg.models.segmentor import Segmentor
 
 
 def build_optimizer(model: Segmentor, cfg: OptimConfig) -> torch.optim.AdamW:
-    """Encoder at `lr`, everything else (fusion, head) at `lr * lr_multi`; weight decay on all parameters."""
+    """Encoder at `lr`, everything else (fusion, head) at `lr * lr_multi`; weight decay on all parameters.
+
+    A frozen encoder (`model.freeze_encoder`) leaves the first group empty, as the official code does: the group
+    still exists, so the schedule sets both groups the same way and the logged learning rate is the encoder's."""
     encoder_params, other_params = model.param_groups()
     return torch.optim.AdamW(
         [

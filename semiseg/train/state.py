@@ -28,7 +28,8 @@ from semiseg.train.run_folder import config_changes
 SAMPLE_KEYING = "seed,stream,index,epoch"
 
 # Settings that decide what the weights are: a resumed run must agree on them.
-FIXED_ON_RESUME = ("task", "data.nclass", "model.encoder")
+# (A frozen encoder has no optimiser state, so freezing or unfreezing cannot resume the optimiser either.)
+FIXED_ON_RESUME = ("task", "data.nclass", "model.encoder", "model.freeze_encoder")
 # Settings a resume changes only with consent (`--force`), besides the schedule's length.
 CONSENT_ON_RESUME = ("method.name",)
 
@@ -70,6 +71,8 @@ def check_resume(ckpt: dict[str, Any], cfg: Config, path: Path, total_iters: int
     """
     changes = config_changes(ckpt["config"], cfg.to_dict())
     changed = {key: (before, now) for key, before, now in changes}
+    if changed.get("model.freeze_encoder") == (None, False):
+        del changed["model.freeze_encoder"]  # written before the key existed: the encoder was trained
     for key in FIXED_ON_RESUME:
         if key in changed:
             raise SemisegError(
@@ -163,6 +166,7 @@ def checkpoint_payload(
                 | {"metric": step.primary_metric},
                 "best_source": state.best.get("source"),
                 "pretrained_weights": cfg.model.weights,
+                "freeze_encoder": cfg.model.freeze_encoder,
                 "pretrained_license": model.spec.weights_license if cfg.model.weights else None,
             },
         ),

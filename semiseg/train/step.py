@@ -21,13 +21,17 @@ The order is the official UniMatch V2 one, and the parity checks rely on it:
    CutMix), student forwards of the labeled batch, then of the stacked strong views (with complementary
    dropout), losses;
 3. a non-finite loss on any process stops every process before anything is updated (one host sync);
-4. zero the gradients, backward (scaled for fp16), optional clipping, optimiser step;
+4. backward (scaled for fp16; the gradients were zeroed before step 2), optional clipping, optimiser step;
 5. the EMA update with α = min(1 − 1/(iteration + 1), ema_decay).
+
+With `train.accumulate` = n, steps 2-4's backward run once per micro-batch (loss / n, gradients adding up, DDP's
+exchange only on the last), then clipping, the optimiser and the EMA once: `TrainStep.accumulated`.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -107,6 +111,8 @@ class TrainStep:
         fusion = get_task(cfg.task).fusion
         weights = cfg.model.weights if pretrained else None
         model = build_model(cfg.model.encoder, cfg.data.nclass, fusion, weights).to(device)
+        if cfg.model.freeze_encoder:
+            model.freeze_encoder()  # before the optimiser is built: its encoder group stays empty
         ema = EMA(model, cfg.method.ema_decay) if method.uses_ema else None
         return cls(model, method, build_optimizer(model, cfg.optim), cfg, total_iters, device, ema, dist)
 
@@ -118,20 +124,48 @@ class TrainStep:
     def __call__(
         self, labeled: Batch | dict, unlabeled: Batch | dict | None, iteration: int
     ) -> dict[str, Any]:
-        cfg = self.cfg
-        if isinstance(labeled, dict):
-            labeled = Batch.from_loader(labeled, self.device)
-        if isinstance(unlabeled, dict):
-            unlabeled = Batch.from_loader(unlabeled, self.device)
+        return self.accumulated([(labeled, unlabeled)], iteration)
+
+    def _no_sync(self, last: bool) -> Any:
+        """DDP averages gradients across processes in backward; on all but the last micro-batch of a step that
+        exchange is skipped, so it happens once per optimiser step, over the summed gradients."""
+        student = self.models.student
+        if last or not isinstance(student, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return student.no_sync()
+
+    def accumulated(
+        self, micro_batches: Sequence[tuple[Batch | dict, Batch | dict | None]], iteration: int
+    ) -> dict[str, Any]:
+        """One optimiser step over several micro-batches (`train.accumulate`): each micro-batch's loss, divided
+        by their number, is backpropagated and the gradients add up, so the step sees the mean of the
+        micro-batches' losses, exactly what DDP's gradient average gives one micro-batch per process (the model
+        has no BatchNorm, and the teacher, learning rate and EMA change only between optimiser steps). Each
+        micro-batch keeps its own loss normalisation and its own CutMix partners, as each GPU of the official runs did.
+        The learning rate, the method's schedules and the EMA advance once per call. Logs are the micro-batches'
+        means. One micro-batch is the plain step of the module doc."""
+        cfg, n = self.cfg, len(micro_batches)
         set_lr(self.optimizer, lr_for_step(cfg.optim, iteration, self.total_iters), cfg.optim.lr_multi)
         self.method.set_progress(iteration, self.total_iters)
-        with self._autocast():
-            result = self.method.step(self.models, labeled, unlabeled)
-        # One host sync per step, on purpose: a bad update must never reach the weights.
-        if broadcast_flag(not torch.isfinite(result.loss).item(), self.dist, self.device):
-            raise NonFiniteLossError(iteration, {"loss": result.loss.detach(), **result.logs})
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(result.loss).backward()
+        logs: dict[str, Any] = {}
+        for i, (labeled, unlabeled) in enumerate(micro_batches):
+            if isinstance(labeled, dict):
+                labeled = Batch.from_loader(labeled, self.device)
+            if isinstance(unlabeled, dict):
+                unlabeled = Batch.from_loader(unlabeled, self.device)
+            with self._no_sync(last=i == n - 1):
+                with self._autocast():
+                    result = self.method.step(self.models, labeled, unlabeled)
+                # One host sync per micro-batch, on purpose: a bad update must never reach the weights.
+                if broadcast_flag(not torch.isfinite(result.loss).item(), self.dist, self.device):
+                    raise NonFiniteLossError(iteration, {"loss": result.loss.detach(), **result.logs})
+                self.scaler.scale(result.loss if n == 1 else result.loss / n).backward()
+            micro_logs = {"loss": result.loss.detach(), **result.logs}
+            if n == 1:
+                logs = micro_logs
+            else:
+                logs = {key: logs.get(key, 0.0) + value / n for key, value in micro_logs.items()}
         if cfg.train.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
@@ -139,4 +173,4 @@ class TrainStep:
         self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.model, iteration)
-        return {"loss": result.loss.detach(), **result.logs, "lr": self.optimizer.param_groups[0]["lr"]}
+        return {**logs, "lr": self.optimizer.param_groups[0]["lr"]}
