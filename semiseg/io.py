@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -41,25 +42,33 @@ TEMP_NAME = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.tmp[^/]*$")  # what `temp_pat
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Delete temporary files beside `path` left by our processes that no longer run (a `kill -9`, a power cut).
+    """Delete temporaries of `path` left by a process of ours that no longer runs (a `kill -9`, a power cut).
 
-    Only names of `temp_path_for`'s form are touched, and only when the process id in the name is not running (or
-    is this process, which has not started writing yet when this is called). Returns what was removed.
+    Only names `temp_path_for(path, ...)` makes (files, or scratch folders) are touched, only for this output
+    name, and only when the process id in the name is not running here and is not this process: another output's
+    temporaries, a live run's and our own are left alone. (On a folder shared between machines a process id says
+    nothing about the other machine: there, two runs must not write the same output name at once anyway.)
+    Returns what was removed.
     """
-    folder = Path(path).parent
+    target = Path(path)
     removed = []
     with contextlib.suppress(OSError):
-        for entry in folder.iterdir():
+        for entry in target.parent.iterdir():
             match = TEMP_NAME.match(entry.name)
-            if match and entry.is_file() and not _running_elsewhere(int(match.group(1))):
+            if not (match and entry.name.startswith(f".{target.name}.")):
+                continue
+            pid = int(match.group(1))
+            if pid == os.getpid() or _running(pid):
+                continue
+            if entry.is_dir():  # a scratch folder (semiseg.active)
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
                 remove_quietly([entry])
-                removed.append(entry)
+            removed.append(entry)
     return removed
 
 
-def _running_elsewhere(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
+def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -71,6 +71,25 @@ def test_a_crs_spelled_differently_is_the_same_grid_with_one_short_warning(tmp_p
     assert all(s.warp is None for s in scene.sources) and len(ours) == 1 and len(str(ours[0].message)) < 250
 
 
+def test_same_ellipsoid_different_datums_are_different_grids():
+    from rasterio.crs import CRS
+
+    from semiseg.geo.crs import equivalent_crs
+
+    assert not equivalent_crs(CRS.from_epsg(4230), CRS.from_epsg(4636))  # ED50 vs Petrels 1972
+    assert not equivalent_crs(CRS.from_epsg(4269), CRS.from_epsg(6318))  # NAD83 vs NAD83(2011)
+    assert equivalent_crs(CRS.from_epsg(4326), CRS.from_string("+proj=longlat +ellps=WGS84 +no_defs"))
+
+
+def test_a_local_crs_that_cannot_be_reprojected_is_one_line(tmp_path):
+    a = write_raster(tmp_path / "a.tif", np.zeros((3, 30, 30), np.uint8))
+    local = 'LOCAL_CS["site grid",LOCAL_DATUM["site",0],UNIT["metre",1],AXIS["X",EAST],AXIS["Y",NORTH]]'
+    b = write_raster(tmp_path / "b.tif", np.zeros((3, 30, 30), np.uint8), crs=local)
+    with pytest.raises(SemisegError, match="cannot be reprojected") as err:
+        open_pair(a, b, align="reproject")
+    assert "\n" not in str(err.value)
+
+
 def test_a_really_different_crs_is_refused_with_short_names_and_the_reproject_hint(tmp_path):
     a = write_raster(tmp_path / "a.tif", np.zeros((3, 30, 30), np.uint8))
     zone19 = UTM18_BY_HAND.replace("-75", "-69")
@@ -120,6 +139,37 @@ def test_by_default_both_dates_share_one_stretch_so_it_cannot_invent_change(tmp_
     assert s_shared["changed_percent"] > 90 and s_per_date["changed_percent"] < 10
     with rasterio.open(tmp_path / "shared.tif") as ds:
         assert ds.tags()["stretch"].startswith("a shared stretch")
+
+
+def test_sparse_valid_data_still_gets_its_own_percentiles(tmp_path):
+    """A 2 x 2 px valid patch in a 3000 px nodata scene: the decimated read sees no valid pixel, a full read does."""
+    data = np.zeros((1, 3000, 3000), np.uint16)
+    data[0, 1500:1502, 1500:1502] = [[4000, 5000], [6000, 7000]]
+    path = write_raster(tmp_path / "sparse.tif", data, nodata=0, tiled=True, compress="deflate")
+    with pytest.warns(UserWarning, match="percentile"):
+        scene = open_single(path)
+    low, high = scene.sources[0].stretch[0]
+    assert 4000 <= low < 4200 and 6800 < high <= 7000
+
+
+def test_a_write_failure_that_is_not_about_space_keeps_its_reason(tmp_path):
+    from rasterio.errors import RasterioError
+
+    from semiseg.geo.writer import writing
+
+    with pytest.raises(SemisegError) as err, writing(tmp_path / "c.tif", needed_bytes=10**14):
+        raise RasterioError("TIFFWriteDirectory: bad photometric")
+    assert "no space" not in str(err.value) and "bad photometric" in str(err.value)
+
+
+def test_a_geojson_named_like_the_map_never_takes_the_maps_style(tmp_path):
+    a, b = pair(tmp_path)
+    summary = predict_raster(
+        open_pair(a, b), toy_predictor, tmp_path / "change.tif", polygons_path=tmp_path / "change.geojson"
+    )
+    style = (tmp_path / "change.qml").read_text()
+    assert "rasterrenderer" in style and "renderer-v2" not in style  # the map keeps its own style
+    assert any("no QGIS style for change.geojson" in note for note in summary["notes"])
 
 
 def test_fixed_and_none_stretches_map_values_as_told(tmp_path):
@@ -268,18 +318,25 @@ def test_a_full_disk_is_one_line_and_leaves_the_previous_output(tmp_path, checkp
     assert out.read_bytes() == b"the previous result" and sorted(os.listdir(out.parent)) == ["c.tif"]
 
 
-def test_sigterm_mid_run_removes_temporaries_and_keeps_the_previous_output(tmp_path, checkpoint):
+@pytest.mark.parametrize("target", ["main process", "process group"])
+def test_sigterm_mid_run_removes_temporaries_and_keeps_the_previous_output(tmp_path, checkpoint, target):
+    """`timeout` signals the main process; Slurm's scancel, systemd and `kill -TERM -PGID` the whole group,
+    DataLoader workers included."""
     a, b, out = scene_and_previous_output(tmp_path, 700)
     proc = subprocess.Popen(
         [sys.executable, "-m", "semicd", "predict", "--before", a, "--after", b, "--checkpoint", checkpoint,
-         "--out", str(out), "--window", "28", "--workers", "1", "--batch-size", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         "--out", str(out), "--window", "28", "--workers", "2", "--batch-size", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     deadline = time.time() + 120
     while len(os.listdir(out.parent)) < 2 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)  # until the run has temporaries on disk
     assert proc.poll() is None, "the run ended before it could be stopped; make the scene larger"
-    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # the workers are reading windows
+    if target == "main process":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert (
         proc.returncode == 128 + signal.SIGTERM
@@ -295,10 +352,16 @@ def test_leftovers_of_a_killed_run_are_removed_by_the_next_one(tmp_path):
     dead.wait()  # a process id that no longer runs
     stale = tmp_path / f".c.tif.{dead.pid}-0123abcd.tmp.tif"
     stale.write_bytes(b"half a raster")
-    other = tmp_path / f".c.tif.{os.getppid()}-0123abcd.tmp.tif"  # a running process: not ours to delete
-    other.write_bytes(b"someone else's")
+    kept = [
+        tmp_path / f".c.tif.{os.getppid()}-0123abcd.tmp.tif",  # a running process's: not ours to delete
+        tmp_path / f".d.tif.{dead.pid}-0123abcd.tmp.tif",  # another output's
+        tmp_path
+        / f".c.tif.{os.getpid()}-0123abcd.tmp.tif",  # this process's own (another call may be writing)
+    ]
+    for path in kept:
+        path.write_bytes(b"someone else's")
     predict_raster(open_pair(a, b), toy_predictor, tmp_path / "c.tif")
-    assert not stale.exists() and other.exists()
+    assert not stale.exists() and all(path.exists() for path in kept)
 
 
 def test_a_huge_scene_asks_for_yes_with_an_estimate(tmp_path, checkpoint):
@@ -398,10 +461,12 @@ def test_simplify_reduces_vertices_and_a_one_pixel_raster_makes_polygons_quietly
         write_raster(tmp_path / f"{n}1.tif", np.full((3, 1, 1), v, np.uint8))
         for n, v in (("a", 0), ("b", 250))
     ]
+    capfd.readouterr()
     summary = predict_raster(
         open_pair(*one), toy_predictor, tmp_path / "one.tif", polygons_path=tmp_path / "one.gpkg"
     )
     assert summary["num_polygons"] == 1
+    assert "ERROR" not in capfd.readouterr().err  # GDAL used to print libtiff's TIFFSetField complaint here
 
 
 def test_a_segmentation_summary_speaks_of_classes_not_change(tmp_path):

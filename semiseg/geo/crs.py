@@ -3,9 +3,10 @@
 GDAL compares CRSs by their full definition, names and datum identity included, so the same UTM grid written by
 two programs ("WGS 84 / UTM zone 18N" with its EPSG code, or a hand-written "+proj=tmerc ... +ellps=WGS84" that
 reads back as an unknown datum on the WGS 84 ellipsoid) compares unequal, and a correct pair would be refused.
-What decides whether pixels line up is the geometry: the ellipsoid, the prime meridian, the projection method
-and its parameters, and the axis unit. `equivalent_crs` compares exactly those (names and identifiers aside), so
-such a pair is accepted with a warning, while a real difference (another zone, another ellipsoid) still is not.
+What decides whether pixels line up is the geometry: the datum, the ellipsoid, the prime meridian, the projection
+method and its parameters, and the axis unit. `equivalent_crs` compares exactly those (names aside; two datums
+with different authority codes differ, an unnamed datum on the same ellipsoid matches), so such a pair is accepted
+with a warning, while a real difference (another zone, ellipsoid or datum) still is not.
 pyproj (installed with rasterio's vector companions) is imported only when two CRSs differ in spelling.
 """
 
@@ -48,7 +49,27 @@ def equivalent_crs(a: CRS | None, b: CRS | None) -> bool:
         pa, pb = pyproj.CRS.from_wkt(a.to_wkt()), pyproj.CRS.from_wkt(b.to_wkt())
     except pyproj.exceptions.CRSError:
         return False
+    pa, pb = _horizontal(pa), _horizontal(pb)
+    if _datum_codes_differ(
+        pa, pb
+    ):  # e.g. ED50 and Petrels 1972: one ellipsoid, datums hundreds of metres apart
+        return False
     return _geometry(pa) is not None and _geometry(pa) == _geometry(pb)
+
+
+def _horizontal(crs):
+    """The horizontal part of a compound CRS (pixels are placed by it alone), else the CRS."""
+    return crs.sub_crs_list[0] if crs.is_compound and crs.sub_crs_list else crs
+
+
+def _datum_codes_differ(a, b) -> bool:
+    """Both datums carry an authority code and the codes differ (an unnamed datum on an ellipsoid has none)."""
+    codes = []
+    for crs in (a, b):
+        datum = crs.datum
+        ids = datum.to_json_dict().get("id") if datum is not None else None
+        codes.append((ids.get("authority"), ids.get("code")) if isinstance(ids, dict) else None)
+    return None not in codes and codes[0] != codes[1]
 
 
 def _geometry(crs) -> tuple | None:

@@ -36,12 +36,16 @@ from rasterio.windows import Window, from_bounds
 
 from semiseg.errors import SemisegError, error_reason
 from semiseg.geo.crs import equivalent_crs, short_crs
+from semiseg.geo.gdal_errors import GDAL_ERRORS
 
 ALIGN_CHOICES = ("error", "reproject")
 TRANSFORM_TOLERANCE_PX = 1e-3
 STRETCH_PERCENTILES = (2.0, 98.0)
 STRETCH_SAMPLE_SIZE = 1024  # longest side of the decimated read used for the percentile stretch
 STRETCH_MODES = ("auto", "shared", "per-date", "none")  # and fixed:MIN,MAX
+MIN_STRETCH_SAMPLES = (
+    1000  # fewer valid values in the decimated read than this: percentiles come from a full read
+)
 
 
 @dataclass(frozen=True)
@@ -175,14 +179,14 @@ def open_raster(path: str | os.PathLike, what: str = "input raster") -> rasterio
         raise SemisegError(f"{what} {p} is a folder; pass a GeoTIFF (or any GDAL raster) file")
     try:
         ds = rasterio.open(p)
-    except (RasterioError, OSError) as exc:  # older rasterio raises its IO errors as OSError only
+    except GDAL_ERRORS as exc:
         raise SemisegError(
             f"{what} {p} is not a readable raster ({error_reason(exc)}); pass a GeoTIFF file"
         ) from exc
     try:
         # A tiny decimated read touches the file's structure, so a truncated/corrupt TIFF fails here, early.
         ds.read(1, out_shape=(min(ds.height, 64), min(ds.width, 64)))
-    except (RasterioError, OSError) as exc:
+    except GDAL_ERRORS as exc:
         ds.close()
         raise SemisegError(f"{p} cannot be read, it may be corrupt ({error_reason(exc)})") from exc
     return ds
@@ -216,8 +220,23 @@ def stretch_samples(
     out_w = max(1, math.ceil(ds.width / max(scale, 1.0)))
     shape = (len(bands), out_h, out_w)
     data = ds.read(list(bands), out_shape=shape, resampling=Resampling.nearest)
-    valid = _valid_from(ds, data, list(bands), nodata, out_shape=shape)
-    return [band[valid].astype(np.float64) for band in data]
+    marked, finite = validity(ds, data, bands, nodata, out_shape=shape)
+    samples = [band[marked & finite].astype(np.float64) for band in data]
+    if scale > 1 and samples[0].size < MIN_STRETCH_SAMPLES:  # too sparse for the decimated read: read it all
+        samples = _full_resolution_samples(ds, bands, nodata, limit=sample_size * sample_size)
+    return samples
+
+
+def _full_resolution_samples(ds, bands: Sequence[int], nodata: float | None, limit: int) -> list[np.ndarray]:
+    """Valid values of each band from a full read, block by block, keeping at most about `limit` per band."""
+    parts: list[list[np.ndarray]] = [[] for _ in bands]
+    for _, window in ds.block_windows(1):
+        data = ds.read(list(bands), window=window)
+        marked, finite = validity(ds, data, bands, nodata, window=window)
+        for i, band in enumerate(data):
+            parts[i].append(band[marked & finite].astype(np.float64))
+    samples = [np.concatenate(p) if p else np.zeros(0) for p in parts]
+    return [v[:: max(1, v.size // limit)] for v in samples]
 
 
 def percentile_limits(
@@ -246,16 +265,21 @@ def percentile_stretch_params(
     return percentile_limits(stretch_samples(ds, bands, nodata, sample_size), percentiles)
 
 
-def _valid_from(ds, data: np.ndarray, bands: list[int], nodata: float | None, out_shape=None) -> np.ndarray:
-    """Pixels valid in every band: the file's masks (or `!= nodata` when the user overrides it), and finite."""
+def validity(
+    handle, data: np.ndarray, bands: Sequence[int], nodata: float | None = None, **read: object
+) -> tuple[np.ndarray, np.ndarray]:
+    """(marked, finite) per pixel of `data` read from `handle`: all bands marked valid by the file's masks (or
+    `!= nodata` when the user overrides them), and all bands finite (always true for integer data). A pixel is
+    valid where both hold; `read` passes the same `window` or `out_shape` the data was read with."""
     if nodata is not None:
-        ok = np.all(data != nodata, axis=0)
+        marked = np.all(data != nodata, axis=0)
     else:
-        masks = ds.read_masks(bands, out_shape=out_shape, resampling=Resampling.nearest)
-        ok = np.all(masks > 0, axis=0)
-    if np.issubdtype(data.dtype, np.floating):
-        ok &= np.all(np.isfinite(data), axis=0)
-    return ok
+        masks = handle.read_masks(list(bands), resampling=Resampling.nearest, **read)
+        marked = np.all(masks > 0, axis=0)
+    finite = (
+        np.all(np.isfinite(data), axis=0) if np.issubdtype(data.dtype, np.floating) else np.ones_like(marked)
+    )
+    return marked, finite
 
 
 def apply_stretch(data: np.ndarray, stretch: tuple[tuple[float, float], ...] | None) -> np.ndarray:
@@ -315,7 +339,13 @@ def _overlap_window(a, b) -> Window:
     """The part of A's pixel grid covered by B's footprint (B's bounds taken into A's CRS)."""
     bounds_b = b.bounds
     if a.crs is not None and b.crs is not None and not equivalent_crs(a.crs, b.crs):
-        bounds_b = transform_bounds(b.crs, a.crs, *bounds_b, densify_pts=21)
+        try:
+            bounds_b = transform_bounds(b.crs, a.crs, *bounds_b, densify_pts=21)
+        except GDAL_ERRORS as exc:  # e.g. a local (engineering) CRS: no transformation
+            raise SemisegError(
+                f"{b.name} cannot be reprojected from {short_crs(b.crs)} to {short_crs(a.crs)} "
+                f"({error_reason(exc)}); georeference both in one CRS first"
+            ) from None
     win = from_bounds(*bounds_b, transform=a.transform)
     col0 = max(0, math.floor(win.col_off + 1e-6))
     row0 = max(0, math.floor(win.row_off + 1e-6))
@@ -439,15 +469,6 @@ def stretch_limits(
     )
 
 
-def stretch_for(
-    ds, bands: Sequence[int], nodata: float | None = None
-) -> tuple[tuple[float, float], ...] | None:
-    """The percentile stretch one raster needs to reach 0..255, or None when its bands are already uint8."""
-    if all(ds.dtypes[b - 1] == "uint8" for b in bands):
-        return None
-    return percentile_stretch_params(ds, bands, nodata)
-
-
 def _raster_date(h) -> str | None:
     """The acquisition date a raster states (GDAL's IMAGERY domain, else the TIFF DateTime tag), if any."""
     try:
@@ -517,11 +538,7 @@ def read_window(
     win = Window(c0, r0, c1 - c0, r1 - r0)
     data = handle.read(list(source.bands), window=win)
     image[:, : r1 - r0, : c1 - c0] = apply_stretch(data, source.stretch)
-    if source.nodata is not None:
-        marked = np.all(data != source.nodata, axis=0)
-    else:
-        marked = np.all(handle.read_masks(list(source.bands), window=win) > 0, axis=0)
-    finite = np.all(np.isfinite(data), axis=0) if np.issubdtype(data.dtype, np.floating) else True
+    marked, finite = validity(handle, data, source.bands, source.nodata, window=win)
     valid[: r1 - r0, : c1 - c0] = marked & finite
     nonfinite[: r1 - r0, : c1 - c0] = marked & ~finite
     return image, valid, nonfinite

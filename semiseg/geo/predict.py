@@ -15,6 +15,7 @@ soon as no later window touches it. Outputs are published only when everything s
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import warnings
@@ -24,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rasterio.errors import RasterioError
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from semiseg.errors import SemisegError, error_reason
 from semiseg.geo.area import pixel_area_m2
 from semiseg.geo.blend import StripBlender
+from semiseg.geo.gdal_errors import GDAL_ERRORS
 from semiseg.geo.pair import RasterSource, Scene, close_source, open_source, read_window
 from semiseg.geo.styles import add_gpkg_style, attribute_table_xml, class_raster_qml, polygons_qml
 from semiseg.geo.windows import TileGrid, make_grid
@@ -42,7 +43,7 @@ from semiseg.geo.writer import (
     class_colormap,
     writing,
 )
-from semiseg.io import remove_quietly, remove_stale_temporaries, temp_path_for, write_text_atomic
+from semiseg.io import remove_quietly, remove_stale_temporaries, temp_path_for
 from semiseg.stopping import check_stop, deferred_stop
 
 Predictor = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
@@ -82,13 +83,18 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, index: int):
         if self._handles is None:
-            self._handles = [open_source(s) for s in self.sources]
+            self._handles = []
+            for source in self.sources:
+                try:
+                    self._handles.append(open_source(source))
+                except GDAL_ERRORS as exc:  # e.g. a warp GDAL cannot set up
+                    raise SemisegError(f"opening {source.path} failed ({error_reason(exc)})") from None
         tile = self.tiles[index]
         images, valid, bad = [], None, None
         for source, handle in zip(self.sources, self._handles):
             try:
                 image, ok, nonfinite = read_window(handle, source, tile.row, tile.col, tile.size, tile.size)
-            except (RasterioError, OSError) as exc:  # GDAL errors mid-file: a damaged input
+            except GDAL_ERRORS as exc:  # GDAL errors mid-file: a damaged input
                 raise SemisegError(
                     f"reading {source.path} failed near row {tile.row}, col {tile.col} ({error_reason(exc)}); "
                     "the file may be damaged"
@@ -105,6 +111,24 @@ class WindowDataset(Dataset):
         for h in self._handles or []:
             close_source(h)
         self._handles = None
+
+
+def outlive_group_sigterm(worker_id: int) -> None:
+    """In a DataLoader worker: let the main process handle a SIGTERM sent to the whole process group.
+
+    Slurm's scancel, systemd and `kill -TERM -PGID` signal every process of the job. A worker that died at once
+    would make the main process fail with "DataLoader worker ... is killed" (at any point, through PyTorch's
+    SIGCHLD handler) instead of stopping cleanly. So a worker ignores its first SIGTERM: the main process stops
+    and shuts its workers down; a second SIGTERM (PyTorch terminating a worker that does not finish) ends it.
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        if handler.seen:  # type: ignore[attr-defined]
+            os._exit(128 + signum)
+        handler.seen = True  # type: ignore[attr-defined]
+
+    handler.seen = False  # type: ignore[attr-defined]
+    signal.signal(signal.SIGTERM, handler)
 
 
 def decide(probs: np.ndarray, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -236,7 +260,8 @@ def predict_raster(
     run_tags.update(tags or {})
 
     start = time.perf_counter()
-    polygons_tmp = temp_path_for(polygons_path) if polygons_path is not None else None
+    notes: list[str] = []
+    polygon_files: list[tuple[Path, Path]] = []  # (temporary, final) of the polygons and their style
     try:
         with ExitStack() as stack:
             geo = dict(width=scene.width, height=scene.height, crs=scene.crs, transform=scene.transform)
@@ -277,27 +302,35 @@ def predict_raster(
             n_polygons = None
             if polygons_path is not None:
                 n_polygons = _write_polygons(
-                    scene, class_file, probs_file, polygons_path, polygons_tmp, names, colours, run_tags,
-                    background=background, sieve_pixels=sieve_pixels, min_area_m2=min_area_m2, simplify=simplify,
+                    scene, class_file, probs_file, Path(polygons_path), polygon_files, names, colours, run_tags,
+                    set(class_out.sidecars), notes, background=background, sieve_pixels=sieve_pixels,
+                    min_area_m2=min_area_m2, simplify=simplify,
                 )  # fmt: skip
-            if probs_path is not None:
-                probs_out.publish()
-            class_out.publish()
+            # Publish: every file is complete; move them into place with signals held off, the class map last.
+            with deferred_stop():
+                for tmp, final in polygon_files:
+                    os.replace(tmp, final)
+                if probs_path is not None:
+                    probs_out.publish()
+                class_out.publish()
     finally:
-        if polygons_tmp is not None:
-            remove_quietly([polygons_tmp])
+        remove_quietly([tmp for tmp, _ in polygon_files])
     seconds = time.perf_counter() - start
-    return _summary(scene, grid, stats, names, seconds, out_path, probs_path, polygons_path, n_polygons)
+    summary = _summary(scene, grid, stats, names, seconds, out_path, probs_path, polygons_path, n_polygons)
+    summary["notes"] += notes
+    return summary
 
 
 def _write_polygons(
-    scene, class_file, probs_file, polygons_path, polygons_tmp, names, colours, run_tags, **options
-) -> int:
-    """Vectorise the finished class map into `polygons_tmp`, style it, and move it (and its style) into place."""
+    scene, class_file, probs_file, polygons_path: Path, files: list, names, colours, run_tags, styles_taken,
+    notes: list, **options,
+) -> int:  # fmt: skip
+    """Vectorise the finished class map with its style, under temporary names added to `files` (temporary, final)
+    for the caller to publish; a GeoJSON's style is not written over one in `styles_taken` (said in `notes`)."""
     from semiseg.geo.vectorize import vectorize_classes  # the vector stack loads only here
 
     driver = polygon_driver(polygons_path)
-    layer = Path(polygons_path).stem
+    layer = polygons_path.stem
     roles = ("before", "after") if len(scene.sources) == 2 else ("image",)
     attributes: dict[str, object] = {}
     for role, source in zip(roles, scene.sources):
@@ -305,18 +338,26 @@ def _write_polygons(
         attributes[f"{role}_date"] = source.date
     attributes["model"] = str(run_tags.get("checkpoint", ""))
     attributes["model_sha256"] = str(run_tags.get("checkpoint_sha256", ""))
+    tmp = temp_path_for(polygons_path)
+    files.append((tmp, polygons_path))
     with writing(polygons_path):
         count = vectorize_classes(
-            class_file, polygons_tmp, driver=driver, probs_path=probs_file, layer=layer, class_names=names,
+            class_file, tmp, driver=driver, probs_path=probs_file, layer=layer, class_names=names,
             attributes=attributes, **options,
         )  # fmt: skip
         background = options.get("background")
         qml = polygons_qml({c: rgba for c, rgba in colours.items() if c != background}, names)
         if driver == "GPKG":
-            add_gpkg_style(polygons_tmp, layer, qml)
+            add_gpkg_style(tmp, layer, qml)
+        elif polygons_path.with_suffix(".qml") in styles_taken:  # the map's style has that name
+            notes.append(
+                f"no QGIS style for {polygons_path.name}: {polygons_path.stem}.qml is the class map's; name the "
+                "polygons differently (or write a .gpkg, which keeps its style inside) to have one"
+            )
         else:  # GeoJSON has nowhere to keep a style: QGIS reads <stem>.qml beside it
-            write_text_atomic(Path(polygons_path).with_suffix(".qml"), qml)
-        os.replace(polygons_tmp, polygons_path)
+            style = polygons_path.with_suffix(".qml")
+            files.insert(0, (temp_path_for(style), style))
+            files[0][0].write_text(qml, encoding="utf-8")
     return count
 
 
@@ -331,6 +372,7 @@ def _stream(
         shuffle=False,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
+        worker_init_fn=outlive_group_sigterm,
     )
     blender = StripBlender(grid)
     stats = _Stats()
@@ -352,9 +394,10 @@ def _stream(
             probs_out.write_rows(row, score)
         stats.add(classes)
 
+    batches = iter(loader)
     try:
         with deferred_stop():  # a signal is acted on between batches (see semiseg.stopping)
-            for images, valid, nonfinite, indices in loader:
+            for images, valid, nonfinite, indices in batches:
                 check_stop()
                 stats.nonfinite += int(nonfinite.sum())
                 has_data = valid.flatten(1).any(1)
@@ -372,6 +415,8 @@ def _stream(
                 bar.set_postfix_str(f"{done_px / 1e6 / max(time.perf_counter() - start, 1e-9):.2f} MP/s")
             write(grid.height)
     finally:
+        # Workers go now, not when the iterator is collected: an error's traceback can keep it alive until exit.
+        getattr(batches, "_shutdown_workers", lambda: None)()
         bar.close()
         dataset.close()
     k = None if blender.acc is None else int(blender.acc.shape[0])

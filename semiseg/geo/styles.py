@@ -114,8 +114,8 @@ def attribute_table_xml(names: Sequence[str], colours: Mapping[int, RGBA], descr
 def add_gpkg_style(path: str | Path, layer: str, qml: str, name: str = "semicd") -> None:
     """Store `qml` as the default QGIS style of `layer` in a GeoPackage (the `layer_styles` table QGIS reads).
 
-    The table is created the way QGIS creates it itself; it is not registered as a GeoPackage layer, so readers
-    listing the file's layers still see only the polygons.
+    The table is created the way QGIS creates it itself. GDAL lists it as a second (attribute-only) layer, so
+    readers should name the polygon layer (geopandas: `layer=`; `semiseg.geo.vectors.feature_layer` finds it).
     """
     with sqlite3.connect(path) as db:
         db.execute(

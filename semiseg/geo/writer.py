@@ -21,9 +21,9 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioError
 
 from semiseg.errors import SemisegError, error_reason
+from semiseg.geo.gdal_errors import GDAL_ERRORS
 from semiseg.io import remove_quietly, temp_path_for
 
 # Every raster we write: 255 is nodata, probabilities are stored as round(p * 254) so they never collide with it.
@@ -46,12 +46,8 @@ def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
     return p
 
 
-try:  # GDAL's own error types: rasterio raises them directly from some calls (e.g. `rasterio.shutil.copy`)
-    from rasterio._err import CPLE_BaseError
-except ImportError:  # pragma: no cover - a rasterio that moved it
-    CPLE_BaseError = RasterioError
-
 NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+NEARLY_FULL_BYTES = 16 * 2**20  # below this much free space after a failed write, the disk is the cause
 
 
 @contextlib.contextmanager
@@ -59,25 +55,32 @@ def writing(path: str | os.PathLike, needed_bytes: int = 0) -> Iterator[None]:
     """Turn a failed write of `path` into one line that says why: no space, a file-size limit, or GDAL's reason.
 
     GDAL rarely reports a full disk or a file-size limit (`ulimit -f`) as such: libtiff's write fails, and the
-    error surfaces later as an unreadable block. So after any failure the free space and the limit are checked
-    against what the output needs.
+    error surfaces later as an unreadable block. So after a failure the free space and the limit are checked too
+    (see `_write_failure`); GDAL's own reason always stays on the line.
     """
     try:
         yield
-    except (RasterioError, CPLE_BaseError, OSError) as exc:
+    except GDAL_ERRORS as exc:
         raise SemisegError(_write_failure(Path(path), needed_bytes, exc)) from None
 
 
 def _write_failure(path: Path, needed: int, exc: BaseException) -> str:
+    """Why a write failed, in one line: GDAL's reason, with the lack of space or the file-size limit named when the
+    error says so or the disk is (nearly) full right now (the temporaries are still on it at this point)."""
     folder = path.parent if str(path.parent) else Path(".")
+    reason = error_reason(exc)
+    code = getattr(exc, "errno", None)
     free = shutil.disk_usage(folder).free
     limit = _file_size_limit()
     mb = f"up to {needed / 1e6:.0f} MB needed"
-    if limit is not None and (limit < needed or getattr(exc, "errno", None) == errno.EFBIG):
-        return f"cannot write {path}: the file-size limit (ulimit -f) is {limit / 1e6:.1f} MB, {mb}"
-    if free < needed or getattr(exc, "errno", None) in NO_SPACE_ERRNOS:
-        return f"no space left on the device of {path}: {mb}, {free / 1e6:.0f} MB free in {folder}"
-    return f"writing {path} failed ({error_reason(exc)})"
+    said = any(w in reason.lower() for w in ("no space left", "file too large", "disk quota"))
+    if limit is not None and limit < needed and (code == errno.EFBIG or said or "tiff" in reason.lower()):
+        return (
+            f"cannot write {path}: the file-size limit (ulimit -f) is {limit / 1e6:.1f} MB, {mb} ({reason})"
+        )
+    if code in NO_SPACE_ERRNOS or said or free < NEARLY_FULL_BYTES:
+        return f"no space left on the device of {path}: {mb}, {free / 1e6:.0f} MB free in {folder} ({reason})"
+    return f"writing {path} failed ({reason})"
 
 
 def _file_size_limit() -> int | None:
