@@ -12,17 +12,39 @@ from semicd.task import TASK
 from semiseg.cli import (
     CHECKPOINT_HELP,
     add_command,
+    add_reading_options,
     add_scene_options,
+    add_suggest_options,
     make_parser,
     predict_scene_command,
+    pseudolabels_command,
     record_command,
     run_cli,
+    suggest_command,
 )
 from semiseg.errors import SemisegError
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     return predict_scene_command(args, TASK, [args.before, args.after])
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    return suggest_command(args, TASK, [args.before, args.after])
+
+
+def cmd_pseudolabels(args: argparse.Namespace) -> int:
+    return pseudolabels_command(args, TASK, [args.before, args.after])
+
+
+def _pair_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--before", required=True, help="GeoTIFF of the earlier date (defines the output grid)")
+    p.add_argument("--after", required=True, help="GeoTIFF of the later date")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    p.add_argument(
+        "--align", choices=["error", "reproject"], default="error",
+        help="what to do when the grids differ: stop, or warp --after onto --before",
+    )  # fmt: skip
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -65,7 +87,7 @@ def cmd_splits(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from semicd.demo import run_demo
 
-    result = run_demo(args.out, size=args.size, iters=args.iters, seed=args.seed)
+    result = run_demo(args.out, size=args.size, iters=args.iters, seed=args.seed, rounds=args.rounds)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -75,6 +97,10 @@ EXAMPLES = {
     "eval": "semicd eval --checkpoint runs/levir5/best.pt --set data.root=/data/LEVIR-CD-256",
     "predict": "semicd predict --before 2019.tif --after 2023.tif --checkpoint runs/levir5/best.pt --out change.tif"
     " --polygons change.gpkg",
+    "suggest": "semicd suggest --before 2019.tif --after 2023.tif --checkpoint runs/scene/best.pt --areas labeled.gpkg"
+    " --n 20 --out next.gpkg",
+    "pseudolabels": "semicd pseudolabels --before 2019.tif --after 2023.tif --checkpoint runs/scene/best.pt"
+    " --areas labeled.gpkg --min-prob 0.9 --out review.gpkg",
     "prepare": "semicd prepare levir --src /data/LEVIR-CD --out /data/LEVIR-CD-256",
     "splits": "semicd splits --root /data/LEVIR-CD-256 --out /data/LEVIR-CD-256/splits",
     "demo": "semicd demo --out demo/",
@@ -95,18 +121,32 @@ def build_parser() -> argparse.ArgumentParser:
         "tile-and-predict a before/after GeoTIFF pair into a change map",
         EXAMPLES["predict"],
     )
-    p.add_argument("--before", required=True, help="GeoTIFF of the earlier date (defines the output grid)")
-    p.add_argument("--after", required=True, help="GeoTIFF of the later date")
-    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    _pair_arguments(p)
     p.add_argument("--out", required=True, help="change map GeoTIFF (uint8 classes, 255 = nodata)")
-    p.add_argument(
-        "--align", choices=["error", "reproject"], default="error",
-        help="what to do when the grids differ: stop, or warp --after onto --before",
-    )  # fmt: skip
     p.add_argument(
         "--threshold", type=float, default=None, help="change where P(change) >= this (default: argmax)"
     )
     add_scene_options(p)
+
+    p = add_command(
+        sub, "suggest", cmd_suggest, "the windows of a scene most worth labelling next (uncertain and spread out)",
+        EXAMPLES["suggest"],
+    )  # fmt: skip
+    _pair_arguments(p)
+    add_suggest_options(p)
+
+    p = add_command(
+        sub, "pseudolabels", cmd_pseudolabels,
+        "the model's confident change as polygons to review in QGIS (status: unreviewed)", EXAMPLES["pseudolabels"],
+    )  # fmt: skip
+    _pair_arguments(p)
+    add_reading_options(p)
+    p.add_argument("--out", required=True, help="GeoPackage of the polygons to review")
+    p.add_argument("--min-prob", type=float, default=0.9, help="keep change where P(change) reaches this")
+    p.add_argument(
+        "--areas", nargs="+", default=None, metavar="FILE",
+        help="polygon files of the areas already labelled: polygons touching them are left out",
+    )  # fmt: skip
 
     p = add_command(
         sub,
@@ -152,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--iters", type=int, default=480, help="training iterations (480: about 1.5 minutes on 2 CPU cores)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the scene and the run")
+    p.add_argument(
+        "--rounds", type=int, choices=[1, 2], default=1,
+        help="2: then label the windows `suggest` picks (from the truth) and train again, against as many random "
+        "windows (about three times as long)",
+    )  # fmt: skip
     return parser
 
 

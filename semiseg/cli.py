@@ -60,8 +60,8 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Parse, dispatch, and turn user errors into one line on stderr and a non-zero exit code.
 
     SIGTERM is handled like Ctrl-C (temporaries removed, earlier outputs untouched; see `semiseg.stopping`;
-    training installs its own clean-stop handler on top); SIGXFSZ is ignored so a file-size limit (`ulimit -f`) fails the write with a
-    message instead of killing the process mid-file.
+    training installs its own clean-stop handler on top). (Python already ignores SIGXFSZ, so a file-size limit
+    fails the write with an error, not a kill.)
     """
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -73,8 +73,6 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, stopping.handle)
-        if hasattr(signal, "SIGXFSZ"):
-            previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return int(args.handler(args) or 0)
     except SemisegError as err:
@@ -335,8 +333,9 @@ def make_parser(
 # predict over GeoTIFF scenes
 
 
-def add_scene_options(p: argparse.ArgumentParser) -> None:
-    """The options of tile-and-predict over a GeoTIFF scene, the same for every task."""
+def add_reading_options(p: argparse.ArgumentParser) -> None:
+    """How a model is run over a GeoTIFF scene (window, batches, device, bands, stretch...), the same for every
+    command that does it (predict, suggest, pseudolabels) and every task."""
     p.add_argument(
         "--window", type=int, default=None,
         help="window side in px, a multiple of the model's patch size (default: the crop the model was trained "
@@ -359,14 +358,6 @@ def add_scene_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped prediction")
     p.add_argument(
-        "--probs", help="also write a probability raster (uint8 0-254 with band scale 1/254, 255 nodata)"
-    )
-    p.add_argument("--polygons", help="also write polygons (.gpkg or .geojson) with a QGIS style")
-    p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this many m²")
-    p.add_argument(
-        "--simplify", type=float, default=0.0, help="simplify polygon outlines to this tolerance (CRS units)"
-    )
-    p.add_argument(
         "--yes", action="store_true",
         help="run a scene above a gigapixel without asking (otherwise its estimated time and size are shown first)",
     )  # fmt: skip
@@ -374,30 +365,104 @@ def add_scene_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast on the device")
 
 
-def predict_scene_command(args: argparse.Namespace, task: Task, rasters: Sequence[str]) -> int:
-    """The body of every task's GeoTIFF `predict`: check inputs, load the model, tile-and-predict, record."""
+def add_scene_options(p: argparse.ArgumentParser) -> None:
+    """The options of tile-and-predict over a GeoTIFF scene: how to run the model, and what to write."""
+    add_reading_options(p)
+    p.add_argument(
+        "--probs", help="also write a probability raster (uint8 0-254 with band scale 1/254, 255 nodata)"
+    )
+    p.add_argument("--polygons", help="also write polygons (.gpkg or .geojson) with a QGIS style")
+    p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this many m²")
+    p.add_argument(
+        "--simplify", type=float, default=0.0, help="simplify polygon outlines to this tolerance (CRS units)"
+    )
+
+
+def add_suggest_options(p: argparse.ArgumentParser) -> None:
+    """`suggest`: which windows of a scene to label next."""
+    add_reading_options(p)
+    p.add_argument("--out", required=True, help="GeoPackage of the suggested windows (id, rank, score)")
+    p.add_argument("--n", type=int_at_least(1), default=20, help="how many windows to suggest")
+    p.add_argument(
+        "--areas", nargs="+", default=None, metavar="FILE",
+        help="polygon files of the areas already labelled: no suggestion touches them",
+    )  # fmt: skip
+    p.add_argument(
+        "--cell", type=int_at_least(1), default=None,
+        help="side in px of the suggested windows: your training config's data.window makes them line up with "
+        "its windows (default: the prediction window)",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-distance", type=int_at_least(0), default=None,
+        help="least distance in px between two suggestions' centres (default: two cells)",
+    )  # fmt: skip
+
+
+def _load_for_scene(args: argparse.Namespace, task: Task, rasters: Sequence[str]) -> Any:
     from semiseg.models.checkpoints import load_model
     from semiseg.predict import check_rasters_exist
 
     check_rasters_exist(rasters)  # before loading what may be a large model
-    model = load_model(args.checkpoint, task=task.name, which=args.which)
-    summary = _predict_scene(args, task, rasters, model)
+    return load_model(args.checkpoint, task=task.name, which=args.which)
+
+
+def reading_options(args: argparse.Namespace, task: Task, model: Any) -> dict[str, Any]:
+    """`predict_scene` keyword arguments from the options of `add_reading_options`."""
+    from semiseg.devices import pick_device
+    from semiseg.predict import default_window
+
+    return dict(
+        device=pick_device(args.device), amp=args.amp, align=getattr(args, "align", "error"), bands=args.bands,
+        nodata=args.nodata, stretch=args.stretch, window=args.window or default_window(model), overlap=args.overlap,
+        batch_size=args.batch_size, num_workers=args.workers, tta=args.tta, yes=args.yes,
+        tags={"classes": ",".join(model.meta["classes"]), "checkpoint": Path(args.checkpoint).name,
+              "checkpoint_sha256": model.meta["source_sha256"], "task": task.name},
+    )  # fmt: skip
+
+
+def _finish(args: argparse.Namespace, summary: dict, kind: str) -> int:
     out = Path(args.out)
-    record_command(out.with_name(out.stem + ".predict.yaml"), args, summary)
+    record_command(out.with_name(f"{out.stem}.{kind}.yaml"), args, summary)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
-def _predict_scene(args: argparse.Namespace, task: Task, rasters: Sequence[str], model: Any) -> dict:
-    from semiseg.devices import pick_device
-    from semiseg.predict import default_window, predict_scene
+def predict_scene_command(args: argparse.Namespace, task: Task, rasters: Sequence[str]) -> int:
+    """The body of every task's GeoTIFF `predict`: check inputs, load the model, tile-and-predict, record."""
+    from semiseg.predict import predict_scene
 
-    return predict_scene(
-        model, rasters, args.out, device=pick_device(args.device), amp=args.amp, align=getattr(args, "align", "error"),
-        bands=args.bands, nodata=args.nodata, stretch=args.stretch, window=args.window or default_window(model),
-        overlap=args.overlap, batch_size=args.batch_size, num_workers=args.workers, probs_path=args.probs,
-        polygons_path=args.polygons, threshold=getattr(args, "threshold", None), tta=args.tta,
-        min_area_m2=args.min_area, simplify=args.simplify, yes=args.yes,
-        tags={"classes": ",".join(model.meta["classes"]), "checkpoint": Path(args.checkpoint).name,
-              "checkpoint_sha256": model.meta["source_sha256"], "task": task.name},
+    model = _load_for_scene(args, task, rasters)
+    summary = predict_scene(
+        model, rasters, args.out, probs_path=args.probs, polygons_path=args.polygons,
+        threshold=getattr(args, "threshold", None), min_area_m2=args.min_area, simplify=args.simplify,
+        **reading_options(args, task, model),
     )  # fmt: skip
+    return _finish(args, summary, "predict")
+
+
+def suggest_command(args: argparse.Namespace, task: Task, rasters: Sequence[str]) -> int:
+    """The body of every task's `suggest`: the windows most worth labelling next (`semiseg.active`)."""
+    from semiseg.active import suggest_windows
+
+    model = _load_for_scene(args, task, rasters)
+    summary = suggest_windows(
+        model, rasters, args.out, n=args.n, areas=args.areas, min_distance=args.min_distance, cell=args.cell,
+        **reading_options(args, task, model),
+    )  # fmt: skip
+    return _finish(args, summary, "suggest")
+
+
+def pseudolabels_command(args: argparse.Namespace, task: Task, rasters: Sequence[str]) -> int:
+    """`pseudolabels`: the model's confident change as polygons to review (`semiseg.active`)."""
+    from semiseg.active import pseudolabel_polygons
+
+    model = _load_for_scene(args, task, rasters)
+    summary = pseudolabel_polygons(
+        model,
+        rasters,
+        args.out,
+        min_prob=args.min_prob,
+        areas=args.areas,
+        **reading_options(args, task, model),
+    )
+    return _finish(args, summary, "pseudolabels")

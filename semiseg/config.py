@@ -81,8 +81,10 @@ class DataConfig:
     ignore_mask_values: list[int] = _opt([], "mask values to read as ignore (255), e.g. an 'unknown' class")
     before: str | None = _opt(None, "the earlier-date GeoTIFF of the scene")
     after: str | None = _opt(None, "the later-date GeoTIFF, on the same grid")
-    label: str | None = _opt(
-        None, "a label raster (0/255 or 0/1) on the same grid, or a vector file of change polygons"
+    label: str | list[str] | None = _opt(
+        None,
+        "a label raster (0/255 or 0/1) on the same grid, or vector file(s) of change polygons; in a review file "
+        "(`status` field, from `semicd pseudolabels`) only `accepted` polygons count",
     )
     window: int = _opt(256, "side in px of the training windows laid over the scene")
     bands: list[int] | None = _opt(
@@ -94,8 +96,10 @@ class DataConfig:
         "how non-8-bit bands reach 0..255: auto (uint8 as is, else shared), shared (2-98 % percentiles of both "
         "dates pooled), per-date, none (clip), or fixed:MIN,MAX; predict reuses it unless --stretch is given",
     )
-    areas: dict[str, str] | None = _opt(
-        None, "`{labeled: file, unlabeled: file, val: file}` polygon files assigning windows by their centre"
+    areas: dict[str, str | list[str]] | None = _opt(
+        None,
+        "`{labeled: file(s), unlabeled: file(s), val: file(s)}` polygon files assigning windows by their centre; "
+        "a review file's accepted polygons add every window they touch",
     )
     fractions: tuple[float, float] = _opt(
         (0.1, 0.2),

@@ -34,6 +34,7 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
         ["semiseg", "predict", "--help"], ["semiseg", "splits", "--help"], ["semiseg", "export", "--help"],
         ["semicd", "--help"], ["semicd", "train", "--help"], ["semicd", "predict", "--help"],
         ["semicd", "prepare", "--help"], ["semicd", "splits", "--help"], ["semicd", "demo", "--help"],
+        ["semicd", "suggest", "--help"], ["semicd", "pseudolabels", "--help"], ["semiseg", "suggest", "--help"],
     ],
 )  # fmt: skip
 def test_every_command_has_help(cmd):

@@ -80,9 +80,9 @@ def test_scores_of_a_perfect_and_an_empty_map(tmp_path):
     assert score_change_map(empty, scene.truth)["model"] == scores["all_unchanged"]
 
 
-def test_demo_runs_end_to_end_at_toy_size(tmp_path):
+def test_demo_runs_end_to_end_at_toy_size_with_a_second_round(tmp_path):
     out = tmp_path / "demo"
-    result = run_demo(out, size=384, iters=4, seed=0)
+    result = run_demo(out, size=384, iters=4, seed=0, rounds=2)
 
     for key in ("before", "after", "truth", "checkpoint", "change", "polygons", "preview"):
         assert Path(result["paths"][key]).exists(), key
@@ -100,7 +100,26 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path):
             assert 0.0 <= result[group][name] <= 100.0  # percent, as every score in the toolkit
     assert result["all_unchanged"]["iou"] == 0.0
     assert result["training"]["iterations"] >= 1
-    assert set(result["seconds"]) >= {"scene", "train", "predict"}
+    assert set(result["seconds"]) >= {
+        "scene",
+        "train",
+        "predict",
+        "suggest",
+        "train_2_suggested",
+        "train_2_random",
+    }
+
+    # round 2: as many suggested (and random) windows as round 1 labeled, outside the labeled and val areas
+    second = result["round_2"]
+    taken = [gpd.read_file(out / "areas" / f"{name}.gpkg").union_all() for name in ("labeled", "val")]
+    for name in ("suggested", "random"):
+        windows = gpd.read_file(out / "areas" / f"{name}.gpkg")
+        assert len(windows) == second["added_windows"] >= 1
+        assert all(
+            w.intersection(area).area == 0 for w in windows.geometry for area in taken
+        )  # edges may meet
+        assert (out / f"run2_{name}" / "best.pt").exists() and (out / f"change_2_{name}.tif").exists()
+        assert 0.0 <= second[f"iou_{name}"] <= 100.0
 
     with pytest.raises(SemisegError, match="already holds"):
         run_demo(out, size=384, iters=4)

@@ -15,9 +15,8 @@ from semiseg.data.build import DataBundle, DataRequest, require_root
 from semiseg.data.geometry import geometry_from_config
 from semiseg.data.lists import find_split_folder, resolve_list
 from semiseg.errors import SemisegError
+from semiseg.geo.vectors import VECTOR_SUFFIXES
 from semiseg.models.specs import encoder_spec
-
-VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet")
 
 
 def _classes(cfg: Config) -> list[str]:
@@ -51,7 +50,7 @@ def build_scene_pair(cfg: Config, request: DataRequest) -> DataBundle:
     d = cfg.data
     if not (d.before and d.after and d.label):
         raise SemisegError("data.dataset=geotiff_pair needs data.before, data.after and data.label")
-    is_vector = Path(d.label).suffix.lower() in VECTOR_SUFFIXES
+    is_vector = not isinstance(d.label, str) or Path(d.label).suffix.lower() in VECTOR_SUFFIXES
     labeled, unlabeled, val = build_geotiff_pair_datasets(
         d.before, d.after, label=None if is_vector else d.label, change_polygons=d.label if is_vector else None,
         window=d.window, areas=d.areas,

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from affine import Affine
-from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.features import rasterize
 from rasterio.windows import Window
@@ -36,8 +34,15 @@ from rasterio.windows import transform as window_transform_of
 from semiseg.data.geometry import GeometryConfig
 from semiseg.data.sample import CropDataset, Raw
 from semiseg.errors import SemisegError
-from semiseg.geo.crs import equivalent_crs, short_crs
-from semiseg.geo.pair import apply_stretch, grid_differences, open_raster, parse_stretch, stretch_limits
+from semiseg.geo.pair import (
+    apply_stretch,
+    grid_differences,
+    open_raster,
+    parse_stretch,
+    stretch_limits,
+    validity,
+)
+from semiseg.geo.vectors import read_many
 from semiseg.grid import window_starts
 
 from .tiles import cd_geometry, label_to_binary
@@ -115,41 +120,17 @@ def valid_fractions(
     return fractions
 
 
-def read_vector(path: str | Path, raster_crs, what: str) -> list:
-    """The non-empty geometries of a vector file, reprojected to `raster_crs` with a warning when needed."""
-    import geopandas  # heavy import, only needed for vector inputs
+def _window_boxes(transform: Affine, boxes: Sequence[WindowBox]) -> np.ndarray:
+    """The windows as shapely boxes in the raster's CRS."""
+    import shapely
 
-    path = Path(path)
-    if not path.exists():
-        raise SemisegError(f"{what} {path} does not exist: check the path")
-    try:
-        frame = geopandas.read_file(path, layer=_feature_layer(path))
-    except Exception as err:  # pyogrio/fiona raise many types for unreadable files
-        raise SemisegError(f"{what} {path} is not a readable vector file ({err})") from err
-    if frame.crs is None:
-        warnings.warn(
-            f"{what} {path} has no CRS: assuming the raster's ({short_crs(raster_crs)})", stacklevel=2
-        )
-    elif raster_crs is not None and not equivalent_crs(CRS.from_wkt(frame.crs.to_wkt()), raster_crs):
-        vector_crs = short_crs(CRS.from_wkt(frame.crs.to_wkt()))
-        warnings.warn(
-            f"{what} {path} is in {vector_crs}: reprojecting it to the raster's {short_crs(raster_crs)}",
-            stacklevel=2,
-        )
-        frame = frame.to_crs(raster_crs)
-    return [g for g in frame.geometry if g is not None and not g.is_empty]
-
-
-def _feature_layer(path: Path) -> str | None:
-    """The layer to read: the first one that is not a QGIS style table (our own GeoPackages carry one)."""
-    import pyogrio
-
-    try:
-        names = [str(name) for name, _ in pyogrio.list_layers(path)]
-    except Exception:  # unreadable: read_file reports it
-        return None
-    names = [n for n in names if n != "layer_styles"]
-    return names[0] if names else None
+    x0, y0 = apply_affine(
+        transform, np.array([c for c, _, _, _ in boxes]), np.array([r for _, r, _, _ in boxes])
+    )
+    x1, y1 = apply_affine(
+        transform, np.array([c + w for c, _, w, _ in boxes]), np.array([r + h for _, r, _, h in boxes])
+    )
+    return shapely.box(np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1))
 
 
 def _window_centres(transform: Affine, boxes: Sequence[WindowBox]) -> tuple[np.ndarray, np.ndarray]:
@@ -162,13 +143,14 @@ def assign_windows(
     boxes: Sequence[WindowBox],
     transform: Affine,
     crs=None,
-    areas: Mapping[str, str | Path] | None = None,
+    areas: Mapping[str, str | Path | Sequence[str | Path]] | None = None,
     fractions: Mapping[str, float] | None = None,
     seed: int = 0,
 ) -> dict[str, list[int]]:
     """{'labeled'|'unlabeled'|'val': window indices}, from area polygons or a seeded random split.
 
-    Area polygons: a window belongs to an area when its centre is inside; overlaps go to val, then labeled,
+    Area polygons (one file or a list per area): a window belongs to an area when its centre is inside, or, for
+    a review file (`status` field, see `semiseg.geo.vectors`), when an accepted polygon touches it; overlaps go to val, then labeled,
     then unlabeled; without an 'unlabeled' file every window outside the other areas is unlabeled. Random
     split: `fractions` (default labeled 0.1, val 0.1) of the shuffled windows, floor(f * N) each, the rest
     unlabeled; use stride = window then, or overlapping windows leak val pixels into training.
@@ -186,12 +168,12 @@ def assign_windows(
         for name in ("val", "labeled", "unlabeled"):
             if name not in areas:
                 continue
-            geometries = read_vector(areas[name], crs, f"{name} area file")
-            inside = (
-                shapely.contains_xy(shapely.union_all(geometries), xs, ys)
-                if geometries
-                else np.zeros(n, bool)
-            )
+            plain, accepted = read_many(areas[name], crs, f"{name} area file")
+            inside = np.zeros(n, bool)
+            if plain:
+                inside |= shapely.contains_xy(shapely.union_all(plain), xs, ys)
+            if accepted:  # reviewed pseudo-labels: every window an accepted polygon touches was reviewed
+                inside |= shapely.intersects(_window_boxes(transform, boxes), shapely.union_all(accepted))
             chosen = inside & ~taken
             result[name] = np.flatnonzero(chosen).tolist()
             taken |= chosen
@@ -230,7 +212,7 @@ class GeoTiffPairDataset(CropDataset):
         mode: str,
         *,
         label: str | Path | None = None,
-        change_polygons: str | Path | None = None,
+        change_polygons: str | Path | Sequence[str | Path] | None = None,
         bands: Sequence[int] = (1, 2, 3),
         stretch: str = "auto",
         geometry: GeometryConfig | None = None,
@@ -263,7 +245,8 @@ class GeoTiffPairDataset(CropDataset):
             raise SemisegError(f"no windows for the {mode} set of {before}: check the areas and min_valid")
         self.geometries = None
         if change_polygons is not None and mode != "train_u":
-            self.geometries = read_vector(change_polygons, self.crs, "change-polygon file")
+            plain, accepted = read_many(change_polygons, self.crs, "change-polygon file")
+            self.geometries = plain + accepted
         self._handles = None
         self._tree = None
         self._pid = None
@@ -334,12 +317,10 @@ class GeoTiffPairDataset(CropDataset):
         bands = list(self.bands)
         raw = [before.read(bands, window=win), after.read(bands, window=win)]
         image_a, image_b = (to_uint8(r, s) for r, s in zip(raw, self.stretch))
-        valid = (before.read_masks(bands, window=win) > 0).all(0) & (
-            after.read_masks(bands, window=win) > 0
-        ).all(0)
-        for r in raw:  # NaN/Inf are never valid, whatever the file's mask says
-            if np.issubdtype(r.dtype, np.floating):
-                valid &= np.isfinite(r).all(0)
+        valid = np.ones(raw[0].shape[1:], dtype=bool)
+        for handle, data in zip((before, after), raw):  # the file's masks, and NaN/Inf never valid
+            marked, finite = validity(handle, data, bands, window=win)
+            valid &= marked & finite
         label = self._read_label(index, label_handle) if self.mode != "train_u" else None
         return [image_a, image_b], label, valid
 
@@ -349,10 +330,10 @@ def build_geotiff_pair_datasets(
     after: str | Path,
     *,
     label: str | Path | None = None,
-    change_polygons: str | Path | None = None,
+    change_polygons: str | Path | Sequence[str | Path] | None = None,
     window: int = 256,
     stride: int | None = None,
-    areas: Mapping[str, str | Path] | None = None,
+    areas: Mapping[str, str | Path | Sequence[str | Path]] | None = None,
     fractions: Mapping[str, float] | None = None,
     min_valid: float = 0.5,
     bands: Sequence[int] = (1, 2, 3),

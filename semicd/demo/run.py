@@ -53,9 +53,14 @@ def log(message: str) -> None:
 
 
 def demo_config(
-    scene_dir: Path, epochs: int = 1, max_iters: int | None = None, eval_every: int = 1
+    scene_dir: Path,
+    epochs: int = 1,
+    max_iters: int | None = None,
+    eval_every: int = 1,
+    extra_labeled: Path | None = None,
 ) -> Config:
-    """The demo's training config: DINOv2-tiny + UniMatch V2 on windows of the synthetic pair."""
+    """The demo's training config: DINOv2-tiny + UniMatch V2 on windows of the synthetic pair (`extra_labeled`:
+    windows labelled in a later round, added to the labeled area)."""
     raw = {
         "task": TASK.name,
         "data": {
@@ -68,7 +73,11 @@ def demo_config(
             "crop_size": CROP,
             "batch_size": BATCH,
             "workers": 0,  # windows are cheap to read; worker processes would only compete for the 2 cores
-            "areas": {name: str(scene_dir / "areas" / f"{name}.gpkg") for name in ("labeled", "val")},
+            "areas": {
+                "labeled": [str(scene_dir / "areas" / "labeled.gpkg")]
+                + ([str(extra_labeled)] if extra_labeled else []),
+                "val": str(scene_dir / "areas" / "val.gpkg"),
+            },
             "min_valid": 0.5,
             "ratio_range": [0.8, 1.2],
             "vflip": 0.5,
@@ -191,15 +200,21 @@ def write_preview(before: Path, after: Path, change: Path, truth: Path, out: Pat
     return out
 
 
-def run_demo(out: str | Path, size: int = 2048, iters: int = 480, seed: int = 0) -> dict[str, Any]:
-    """Make a scene in `out`, train in `out/run`, predict the scene, score it; return paths, metrics, times."""
-    from semiseg.devices import pick_device
-    from semiseg.predict import default_window, predict_scene
-    from semiseg.train.loop import train
+def run_demo(
+    out: str | Path, size: int = 2048, iters: int = 480, seed: int = 0, rounds: int = 1
+) -> dict[str, Any]:
+    """Make a scene in `out`, train in `out/run`, predict the scene, score it; return paths, metrics, times.
 
+    `rounds=2` adds the labelling loop: `suggest` picks as many windows as round 1 had labeled, they are
+    "annotated" from the scene's truth and added to the labeled area, and the model is trained again from scratch
+    with the same budget (`out/run2_suggested`); the same number of random unlabeled windows gives the baseline
+    (`out/run2_random`). Both are scored on the whole scene like round 1.
+    """
     out = Path(out)
     if iters < 1:
         raise SemisegError(f"--iters must be positive, got {iters}")
+    if rounds not in (1, 2):
+        raise SemisegError(f"--rounds must be 1 or 2, got {rounds}")
     if (out / "run" / "latest.pt").exists():
         raise SemisegError(f"{out} already holds a demo run: pass a new --out folder or delete {out}")
     seconds: dict[str, float] = {}
@@ -219,57 +234,24 @@ def run_demo(out: str | Path, size: int = 2048, iters: int = 480, seed: int = 0)
     iters_per_epoch = len(build(probe, "fit").unlabeled) // BATCH
     if iters_per_epoch < 1:
         raise SemisegError(f"a {size} px scene is too small for the demo: use --size 256 or more")
-    epochs, max_iters, eval_every = plan_iterations(iters, iters_per_epoch)
+    plan = plan_iterations(iters, iters_per_epoch)
     seconds["areas"] = time.perf_counter() - t0
     log(
-        f"training DINOv2-tiny + UniMatch V2 for {max_iters} iterations ({epochs} epochs of "
+        f"training DINOv2-tiny + UniMatch V2 for {plan[1]} iterations ({plan[0]} epochs of "
         f"{iters_per_epoch}); windows {counts}"
     )
-
-    t0 = time.perf_counter()
-    cfg = demo_config(out, epochs=epochs, max_iters=max_iters, eval_every=eval_every)
-    result = train(cfg, out / "run")  # a progress bar with the run's ETA on a terminal
-    seconds["train"] = time.perf_counter() - t0
+    result, summary, scores = _train_and_map(out, "run", scene, plan, seconds)
+    checkpoint, change_path, polygons_path = out / "run" / "best.pt", out / "change.tif", out / "change.gpkg"
     best = result["best"]
-    log(
-        f"trained {result['state'].iteration} iterations in {seconds['train']:.1f}s; best val IoU {best['value']:.1f}"
-    )
 
     t0 = time.perf_counter()
-    checkpoint = out / "run" / "best.pt"
-    model = load_model(checkpoint)
-    change_path, polygons_path = out / "change.tif", out / "change.gpkg"
-    for stale in (change_path, polygons_path):
-        stale.unlink(missing_ok=True)
-    summary = predict_scene(
-        model,
-        [scene.before, scene.after],
-        change_path,
-        device=pick_device("auto"),
-        # the training crop: measured best on this scene (change IoU 57 against 34 with 224 px windows)
-        window=default_window(model),
-        overlap=0.25,
-        batch_size=8,
-        num_workers=0,
-        polygons_path=polygons_path,
-        tags={
-            "classes": ",".join(model.meta["classes"]),
-            "checkpoint": checkpoint.name,
-            "task": model.meta["task"],
-        },
-        min_area_m2=10.0,
-    )
-    seconds["predict"] = time.perf_counter() - t0
-    log(f"predicted the scene in {seconds['predict']:.1f}s: {summary['num_polygons']} change polygons")
-
-    t0 = time.perf_counter()
-    scores = score_change_map(change_path, scene.truth)
     preview = write_preview(scene.before, scene.after, change_path, scene.truth, out / "preview.png")
-    seconds["score_and_preview"] = time.perf_counter() - t0
+    seconds["preview"] = time.perf_counter() - t0
     m, base = scores["model"], scores["all_unchanged"]
     log(
         f"change IoU {m['iou']:.1f}, F1 {m['f1']:.1f} (all-unchanged: IoU {base['iou']:.1f}, F1 {base['f1']:.1f}), in percent"
     )
+    second = _second_round(out, scene, plan, counts["labeled"], seed, seconds) if rounds == 2 else None
     return {
         "paths": {
             "before": str(scene.before),
@@ -297,5 +279,128 @@ def run_demo(out: str | Path, size: int = 2048, iters: int = 480, seed: int = 0)
         "metrics": m,
         "all_unchanged": base,
         "polygons": summary["num_polygons"],
+        **({"round_2": second} if second else {}),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
+
+
+def _train_and_map(
+    out: Path,
+    run_name: str,
+    scene: Any,
+    plan: tuple[int, int, int],
+    seconds: dict,
+    extra_labeled: Path | None = None,
+) -> tuple[dict, dict, dict]:
+    """Train `out/<run_name>`, map the whole scene with its best checkpoint and score the map against the truth."""
+    from semiseg.devices import pick_device
+    from semiseg.predict import default_window, predict_scene
+    from semiseg.train.loop import train
+
+    epochs, max_iters, eval_every = plan
+    suffix = "" if run_name == "run" else "_" + run_name.removeprefix("run")
+    t0 = time.perf_counter()
+    cfg = demo_config(
+        out, epochs=epochs, max_iters=max_iters, eval_every=eval_every, extra_labeled=extra_labeled
+    )
+    result = train(cfg, out / run_name)  # a progress bar with the run's ETA on a terminal
+    seconds[f"train{suffix}"] = time.perf_counter() - t0
+    log(
+        f"{run_name}: trained {result['state'].iteration} iterations in {seconds[f'train{suffix}']:.1f}s; "
+        f"best val IoU {result['best']['value']:.1f}"
+    )
+
+    t0 = time.perf_counter()
+    checkpoint = out / run_name / "best.pt"
+    model = load_model(checkpoint)
+    change_path, polygons_path = out / f"change{suffix}.tif", out / f"change{suffix}.gpkg"
+    for stale in (change_path, polygons_path):
+        stale.unlink(missing_ok=True)
+    summary = predict_scene(
+        model,
+        [scene.before, scene.after],
+        change_path,
+        device=pick_device("auto"),
+        # the training crop: measured best on this scene (change IoU 57 against 34 with 224 px windows)
+        window=default_window(model),
+        overlap=0.25,
+        batch_size=8,
+        num_workers=0,
+        polygons_path=polygons_path,
+        tags={
+            "classes": ",".join(model.meta["classes"]),
+            "checkpoint": checkpoint.name,
+            "task": model.meta["task"],
+        },
+        min_area_m2=10.0,
+    )
+    scores = score_change_map(change_path, scene.truth)
+    seconds[f"predict{suffix}"] = time.perf_counter() - t0
+    log(
+        f"{run_name}: mapped the scene in {seconds[f'predict{suffix}']:.1f}s, change IoU {scores['model']['iou']:.1f}"
+    )
+    return result, summary, scores
+
+
+def _second_round(
+    out: Path, scene: Any, plan: tuple[int, int, int], n: int, seed: int, seconds: dict
+) -> dict:
+    """Round 2: `n` suggested windows against `n` random unlabeled ones, each labelled from the truth and trained."""
+    from semiseg.active import suggest_windows
+    from semiseg.devices import pick_device
+    from semiseg.predict import default_window
+
+    t0 = time.perf_counter()
+    model = load_model(out / "run" / "best.pt")
+    areas = [out / "areas" / "labeled.gpkg", out / "areas" / "val.gpkg"]
+    suggested = suggest_windows(
+        model, [scene.before, scene.after], out / "areas" / "suggested.gpkg", n=n, areas=areas, cell=WINDOW,
+        window=default_window(model), device=pick_device("auto"), batch_size=8, num_workers=0, progress=False,
+    )  # fmt: skip
+    picked_random = write_random_windows(out, suggested["suggested"], seed, out / "areas" / "random.gpkg")
+    seconds["suggest"] = time.perf_counter() - t0
+    log(f"round 2: {suggested['suggested']} suggested and {picked_random} random windows get labels")
+    iou = {}
+    for name, extra in (
+        ("suggested", out / "areas" / "suggested.gpkg"),
+        ("random", out / "areas" / "random.gpkg"),
+    ):
+        # the same iteration budget as round 1: fewer unlabeled windows make shorter epochs, so more of them
+        iters_per_epoch = len(build(demo_config(out, extra_labeled=extra), "fit").unlabeled) // BATCH
+        budget = plan_iterations(plan[1], iters_per_epoch)
+        _, _, scores = _train_and_map(out, f"run2_{name}", scene, budget, seconds, extra_labeled=extra)
+        iou[name] = scores["model"]["iou"]
+    return {
+        "asked": n,
+        "added_windows": suggested["suggested"],
+        "iou_suggested": iou["suggested"],
+        "iou_random": iou["random"],
+        "suggestions": str(out / "areas" / "suggested.gpkg"),
+    }
+
+
+def write_random_windows(out: Path, n: int, seed: int, path: Path) -> int:
+    """`n` seeded random training windows outside the labeled and val areas, as polygons (the baseline)."""
+    import geopandas as gpd
+    import shapely
+
+    from semicd.data.geotiff_pair import apply_affine, window_grid
+    from semiseg.geo.vectors import read_vector
+
+    with rasterio.open(out / "before.tif") as ds:
+        height, width, transform, crs = ds.height, ds.width, ds.transform, ds.crs
+    taken = shapely.union_all(
+        [g for name in ("labeled", "val") for g in read_vector(out / "areas" / f"{name}.gpkg", crs, "area")]
+    )
+    polygons = []
+    for c, r, w, h in window_grid(height, width, WINDOW):
+        x0, y0 = apply_affine(transform, c, r + h)
+        x1, y1 = apply_affine(transform, c + w, r)
+        polygons.append(shapely.box(x0, y0, x1, y1))
+    free = [
+        p for p in polygons if not p.intersects(taken) or p.touches(taken)
+    ]  # edge-adjacent windows are free
+    rng = np.random.default_rng([seed, 7])
+    chosen = [free[i] for i in sorted(rng.choice(len(free), size=min(n, len(free)), replace=False))]
+    gpd.GeoDataFrame(geometry=chosen, crs=crs).to_file(path)
+    return len(chosen)

@@ -12,10 +12,12 @@ from semiseg.cli import (
     CHECKPOINT_HELP,
     add_command,
     add_scene_options,
+    add_suggest_options,
     make_parser,
     predict_scene_command,
     record_command,
     run_cli,
+    suggest_command,
 )
 from semiseg.errors import SemisegError
 from semiseg.segmentation.benchmarks import SEGMENTATION_DATASETS
@@ -36,6 +38,10 @@ def cmd_splits(args: argparse.Namespace) -> int:
     n = sum(1 for line in open(files.labeled) if line.strip())
     print(f"wrote {files.labeled} ({n} labeled of {len(items)}), {files.unlabeled}, {files.val}")
     return 0
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    return suggest_command(args, TASK, [args.image])
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -59,6 +65,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 EXAMPLES = {
     "train": "semiseg train --config configs/pascal.yaml --out runs/pascal92 --set data.root=/data/VOC2012",
     "eval": "semiseg eval --checkpoint runs/pascal92/best.pt --set data.root=/data/VOC2012",
+    "suggest": "semiseg suggest --checkpoint runs/landcover/best.pt --image scene.tif --areas labeled.gpkg --out next.gpkg",
     "predict": "semiseg predict --checkpoint runs/pascal92/best.pt --input photos/ --out masks/\n"
     "semiseg predict --checkpoint runs/landcover/best.pt --image scene.tif --out classes.tif",
     "splits": "semiseg splits --dataset pascal --root /data/VOC2012 --labeled 92 --out datasets/pascal/92",
@@ -82,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="a GeoTIFF scene; writes a georeferenced class map to --out")
     p.add_argument("--out", required=True, help="mask folder (--input) or class-map GeoTIFF (--image)")
     add_scene_options(p)
+
+    p = add_command(
+        sub,
+        "suggest",
+        cmd_suggest,
+        "the windows of a GeoTIFF scene most worth labelling next",
+        EXAMPLES["suggest"],
+    )
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    p.add_argument("--image", required=True, help="the GeoTIFF scene")
+    add_suggest_options(p)
 
     p = add_command(
         sub,
