@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,15 @@ import rasterio
 
 from semiseg.errors import SemisegError
 from semiseg.geo.suggest import default_min_distance, pick_spread, score_windows, touching, window_polygons
-from semiseg.geo.vectors import UNREVIEWED, read_many
+from semiseg.geo.vectors import UNREVIEWED, read_many, shares_ground
 from semiseg.io import remove_stale_temporaries, temp_path_for
 
 
-def _gpkg(path: str | os.PathLike) -> Path:
-    path = Path(path)
+def check_review_output(path: str | os.PathLike) -> Path:
+    """The GeoPackage a suggestion or review goes to, refused up front (before a model loads) when it cannot be."""
+    from semiseg.geo.writer import check_output_path
+
+    path = check_output_path(path, "output")
     if path.suffix.lower() != ".gpkg":
         raise SemisegError(f"--out {path}: write a GeoPackage (.gpkg), which QGIS edits in place")
     return path
@@ -37,9 +41,14 @@ def _predict_to(folder: Path, model: Any, rasters: Sequence[str | os.PathLike], 
     return predict_scene(model, rasters, folder / "classes.tif", probs_path=folder / "probs.tif", **options)
 
 
-def _labelled_areas(areas: Sequence[str | os.PathLike] | None, crs) -> list:
+def _labelled_areas(areas: Sequence[str | os.PathLike] | None, rasters: Sequence[str | os.PathLike]) -> list:
+    """The labelled areas' polygons in the first raster's CRS, read before any compute (a bad file fails fast)."""
     if not areas:
         return []
+    from semiseg.geo.pair import open_raster
+
+    with open_raster(rasters[0]) as ds:
+        crs = ds.crs
     plain, accepted = read_many([str(a) for a in areas], crs, "labelled area file")
     return plain + accepted
 
@@ -71,36 +80,45 @@ def suggest_windows(
     cell: int | None = None,
     **options: Any,
 ) -> dict:
-    """Write the `n` windows most worth labelling as polygons (`id`, `rank`, `score`, `valid_fraction`) to `out`.
+    """Write the `n` windows most worth labelling as polygons (`rank`, `score`, `valid_fraction`) to `out`.
 
     `window` is the prediction window; `cell` the side of the suggested windows (default: the same, which in the
     commands is the model's training crop; a training config's `data.window` makes the suggestions line up with
     its windows). Windows touching `areas` (already labelled) are never suggested; `min_distance` (px, centre to
     centre) spreads them (default: two cells). See `semiseg.geo.suggest` for the score.
     """
-    out = _gpkg(out)
+    out = check_review_output(out)
     if n < 1:
         raise SemisegError(f"--n {n}: ask for at least one window")
+    labelled = _labelled_areas(areas, rasters)
+    cell = cell or window
     with _ScratchFolder(out) as scratch:
         summary = _predict_to(scratch, model, rasters, window=window, **options)
         with rasterio.open(scratch / "probs.tif") as ds:
             transform, crs = ds.transform, ds.crs
-        cell = cell or window
         scores = score_windows(scratch / "probs.tif", cell, summary["num_classes"])
-    excluded = touching(scores, transform, _labelled_areas(areas, crs))
+    excluded = touching(scores, transform, labelled)
+    if len(scores) == sum(excluded):
+        raise SemisegError(
+            f"no window of the scene is left to suggest: of its {len(scores)} mostly valid {cell} px windows, "
+            f"{sum(excluded)} are in the labelled areas"
+        )
     gap = default_min_distance(cell) if min_distance is None else min_distance
     picked = pick_spread(scores, n, gap, excluded)
+    notes = []
+    if len(picked) < n:
+        notes.append(
+            f"only {len(picked)} of the {n} windows asked for fit {gap} px apart outside the labelled areas; "
+            "lower --min-distance for more"
+        )
+        warnings.warn(notes[-1], stacklevel=2)
     _write_layer(
         out,
-        {
-            "id": np.arange(1, len(picked) + 1),
-            "rank": np.arange(1, len(picked) + 1),
-            "score": [round(w.score, 4) for w in picked],
-            "valid_fraction": [round(w.valid, 4) for w in picked],
-        },
+        {"rank": np.arange(1, len(picked) + 1), "score": [round(w.score, 4) for w in picked],
+         "valid_fraction": [round(w.valid, 4) for w in picked]},
         window_polygons(picked, transform),
         crs,
-    )
+    )  # fmt: skip
     return {
         "out": str(out),
         "suggested": len(picked),
@@ -113,6 +131,7 @@ def suggest_windows(
         if summary["num_classes"] <= 2
         else "mean (1 - max p) K/(K-1)",
         "scores": [w.score for w in picked],
+        "notes": notes,
     }
 
 
@@ -131,7 +150,7 @@ def pseudolabel_polygons(
     --polygons` writes them) and `status` = `unreviewed`: set it to `accepted` (or `rejected`) in QGIS, then give
     the file to training as a label file and a labelled area (README, "Label where it matters").
     """
-    out = _gpkg(out)
+    out = check_review_output(out)
     if not 0.5 <= min_prob < 1.0:
         raise SemisegError(f"--min-prob {min_prob} must be at least 0.5 and below 1")
     if model.nclass != 2:
@@ -141,13 +160,13 @@ def pseudolabel_polygons(
     import geopandas as gpd
     import shapely
 
+    labelled = _labelled_areas(areas, rasters)
     with _ScratchFolder(out) as scratch:
         polygons = scratch / "polygons.gpkg"
         summary = _predict_to(scratch, model, rasters, threshold=min_prob, polygons_path=polygons, **options)
         frame = gpd.read_file(polygons, layer="polygons")
-    labelled = _labelled_areas(areas, frame.crs)
-    if labelled and len(frame):
-        frame = frame[~shapely.intersects(frame.geometry.values, shapely.union_all(labelled))]
+    if labelled and len(frame):  # a polygon reaching into a labelled area is left out (labels exist there)
+        frame = frame[~shares_ground(frame.geometry.values, shapely.union_all(labelled))]
     frame = frame.reset_index(drop=True)
     frame["id"] = np.arange(1, len(frame) + 1)
     frame["status"] = UNREVIEWED

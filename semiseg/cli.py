@@ -381,7 +381,7 @@ def add_scene_options(p: argparse.ArgumentParser) -> None:
 def add_suggest_options(p: argparse.ArgumentParser) -> None:
     """`suggest`: which windows of a scene to label next."""
     add_reading_options(p)
-    p.add_argument("--out", required=True, help="GeoPackage of the suggested windows (id, rank, score)")
+    p.add_argument("--out", required=True, help="GeoPackage of the suggested windows (rank, score)")
     p.add_argument("--n", type=int_at_least(1), default=20, help="how many windows to suggest")
     p.add_argument(
         "--areas", nargs="+", default=None, metavar="FILE",
@@ -394,7 +394,7 @@ def add_suggest_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--min-distance", type=int_at_least(0), default=None,
-        help="least distance in px between two suggestions' centres (default: two cells)",
+        help="least distance in px between two suggestions' centres, at least one cell (default: two cells)",
     )  # fmt: skip
 
 
@@ -442,8 +442,9 @@ def predict_scene_command(args: argparse.Namespace, task: Task, rasters: Sequenc
 
 def suggest_command(args: argparse.Namespace, task: Task, rasters: Sequence[str]) -> int:
     """The body of every task's `suggest`: the windows most worth labelling next (`semiseg.active`)."""
-    from semiseg.active import suggest_windows
+    from semiseg.active import check_review_output, suggest_windows
 
+    check_review_output(args.out)
     model = _load_for_scene(args, task, rasters)
     summary = suggest_windows(
         model, rasters, args.out, n=args.n, areas=args.areas, min_distance=args.min_distance, cell=args.cell,
@@ -454,8 +455,9 @@ def suggest_command(args: argparse.Namespace, task: Task, rasters: Sequence[str]
 
 def pseudolabels_command(args: argparse.Namespace, task: Task, rasters: Sequence[str]) -> int:
     """`pseudolabels`: the model's confident change as polygons to review (`semiseg.active`)."""
-    from semiseg.active import pseudolabel_polygons
+    from semiseg.active import check_review_output, pseudolabel_polygons
 
+    check_review_output(args.out)
     model = _load_for_scene(args, task, rasters)
     summary = pseudolabel_polygons(
         model,

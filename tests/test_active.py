@@ -15,7 +15,6 @@ import torch
 from rasterio.transform import from_origin
 
 from semiseg.geo.suggest import (
-    chance_ratio,
     pick_spread,
     score_windows,
     touching,
@@ -41,6 +40,11 @@ def write_raster(path, data, nodata=None):
 def box(transform, col, row, size):
     x0, y0 = transform.c + col * transform.a, transform.f + row * transform.e
     return shapely.box(x0, y0 + size * transform.e, x0 + size * transform.a, y0)
+
+
+def chance_ratio(picked: int, inside: int, candidates: int, region: int) -> float:
+    """How many times more suggestions fall in a region than a uniform random pick would put there."""
+    return inside / (picked * region / candidates)
 
 
 def test_entropy_is_one_at_half_and_zero_when_sure():
@@ -113,10 +117,11 @@ def test_the_suggest_command_writes_spread_windows_outside_the_labelled_area(tmp
     summary = json.loads(result.stdout)
     frame = gpd.read_file(out)
     assert len(frame) == summary["suggested"] == 6 and list(frame["rank"]) == list(range(1, 7))
+    assert frame.total_bounds[2] <= 430000 + 224 * 0.5 and frame.total_bounds[1] >= 5400000 - 224 * 0.5
     assert frame.crs.to_epsg() == 32631 and frame.geometry.is_valid.all()
     assert list(frame["score"]) == sorted(frame["score"], reverse=True)
     labelled_area = gpd.read_file(labelled).geometry[0]
-    assert not frame.geometry.intersects(labelled_area).any()
+    assert (frame.geometry.intersection(labelled_area).area == 0).all()  # edges may meet, no ground shared
     geoms = list(frame.geometry)
     assert all(
         not g.overlaps(h) and g.intersection(h).area == 0 for i, g in enumerate(geoms) for h in geoms[i + 1 :]
@@ -235,3 +240,54 @@ def test_semiseg_suggest_scores_a_class_map_by_its_winning_probability(tmp_path,
     frame = gpd.read_file(out)
     assert len(frame) == 3 and summary["score"].startswith("mean (1 - max p)")
     assert all(0.0 <= s <= 1.0 for s in frame["score"])
+
+
+def test_a_reviewed_polygon_ending_on_a_window_edge_labels_only_its_own_window(tmp_path):
+    from semicd.data.geotiff_pair import assign_windows, window_grid
+
+    review = tmp_path / "review.gpkg"
+    gpd.GeoDataFrame({"status": ["accepted"]}, geometry=[box(ORIGIN, 40, 8, 24)], crs=CRS).to_file(
+        review
+    )  # 40..64
+    boxes = window_grid(96, 96, 32)
+    assigned = assign_windows(boxes, ORIGIN, CRS, areas={"labeled": [str(review)]})
+    assert [boxes[i] for i in assigned["labeled"]] == [(32, 0, 32, 32)]  # not (64, 0), which it only meets
+
+
+def test_suggest_refuses_bad_outputs_and_areas_before_any_compute(tmp_path, monkeypatch):
+    import semiseg.predict as predict_module
+    from semiseg.active import suggest_windows
+    from semiseg.errors import SemisegError
+
+    def never(*args, **kwargs):
+        raise AssertionError("no prediction before the inputs are checked")
+
+    monkeypatch.setattr(predict_module, "predict_scene", never)
+    a = write_raster(tmp_path / "a.tif", np.zeros((3, 64, 64), np.uint8))
+    with pytest.raises(SemisegError, match="does not exist"):
+        suggest_windows(None, [a, a], tmp_path / "missing" / "next.gpkg", window=28)
+    with pytest.raises(SemisegError, match=r"\.gpkg"):
+        suggest_windows(None, [a, a], tmp_path / "next.shp", window=28)
+    with pytest.raises(SemisegError, match="labelled area file .*nope.gpkg does not exist"):
+        suggest_windows(None, [a, a], tmp_path / "next.gpkg", window=28, areas=[tmp_path / "nope.gpkg"])
+
+
+def test_suggest_says_when_nothing_or_too_little_is_left(tmp_path, monkeypatch):
+    from semiseg.active import suggest_windows
+    from semiseg.errors import SemisegError
+    from semiseg.models.segmentor import build_model
+
+    toy_change_model(monkeypatch)
+    rng = np.random.default_rng(4)
+    a = write_raster(tmp_path / "a.tif", rng.integers(0, 256, (3, 112, 112)).astype(np.uint8))
+    b = write_raster(tmp_path / "b.tif", rng.integers(0, 256, (3, 112, 112)).astype(np.uint8))
+    model = build_model("tiny", 2, fusion="absdiff")
+    model.meta = {"classes": ["unchanged", "changed"], "source_sha256": "x"}
+    common = dict(window=28, device=torch.device("cpu"), num_workers=0)
+    everything = tmp_path / "all.gpkg"
+    gpd.GeoDataFrame(geometry=[box(ORIGIN, 0, 0, 112)], crs=CRS).to_file(everything)
+    with pytest.raises(SemisegError, match="no window of the scene is left"):
+        suggest_windows(model, [a, b], tmp_path / "next.gpkg", n=3, areas=[everything], **common)
+    with pytest.warns(UserWarning, match="only 4 of the 10 windows"):  # 4 x 4 cells, two cells apart: 4 fit
+        summary = suggest_windows(model, [a, b], tmp_path / "next.gpkg", n=10, **common)
+    assert summary["suggested"] == len(gpd.read_file(tmp_path / "next.gpkg")) == 4

@@ -81,7 +81,7 @@ def test_segmentation_train_eval_predict_export(tmp_path, capsys):
     split = make_segmentation_benchmark(tmp_path, "folder")
     sets = [f"data.root={tmp_path / 'data'}", f"data.split={split}", "data.dataset=folder", "data.nclass=3",
             "data.crop_size=28", "data.batch_size=2", "data.workers=0", "model.encoder=tiny", "model.weights=null",
-            "train.epochs=1", "method.conf_thresh=0.5"]  # fmt: skip
+            "train.epochs=1", "method.conf_thresh=0.5", "train.global_batch=null"]  # fmt: skip
     args = [a for s in sets for a in ("--set", s)]
     run_dir = tmp_path / "run"
     assert (

@@ -223,6 +223,7 @@ def test_two_process_gloo_ddp_run(tmp_path):
         "--set", "data.nclass=3", "--set", "data.crop_size=28", "--set", "data.batch_size=2",
         "--set", "data.workers=0", "--set", "model.encoder=tiny", "--set", "model.weights=null",
         "--set", "train.epochs=1", "--set", "method.conf_thresh=0.5", "--set", "train.device=cpu",
+        "--set", "train.global_batch=null",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]

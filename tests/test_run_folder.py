@@ -28,7 +28,7 @@ def _sets(split: Path, *extra: str) -> list[str]:
     return [
         "data.dataset=folder", f"data.root={split.parent / 'data'}", f"data.split={split}", "data.nclass=3",
         "data.crop_size=28", "data.batch_size=2", "data.workers=0", "model.encoder=tiny", "model.weights=null",
-        "method.conf_thresh=0.5",
+        "method.conf_thresh=0.5", "train.global_batch=null",  # toy data: no paper-sized steps
         "train.epochs=2", "optim.lr=1e-4", *extra,
     ]  # fmt: skip
 

@@ -42,7 +42,7 @@ from semiseg.geo.pair import (
     stretch_limits,
     validity,
 )
-from semiseg.geo.vectors import read_many
+from semiseg.geo.vectors import read_many, shares_ground, window_box
 from semiseg.grid import window_starts
 
 from .tiles import cd_geometry, label_to_binary
@@ -120,17 +120,9 @@ def valid_fractions(
     return fractions
 
 
-def _window_boxes(transform: Affine, boxes: Sequence[WindowBox]) -> np.ndarray:
-    """The windows as shapely boxes in the raster's CRS."""
-    import shapely
-
-    x0, y0 = apply_affine(
-        transform, np.array([c for c, _, _, _ in boxes]), np.array([r for _, r, _, _ in boxes])
-    )
-    x1, y1 = apply_affine(
-        transform, np.array([c + w for c, _, w, _ in boxes]), np.array([r + h for _, r, _, h in boxes])
-    )
-    return shapely.box(np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1))
+def _window_boxes(transform: Affine, boxes: Sequence[WindowBox]) -> list:
+    """The windows as polygons in the raster's CRS."""
+    return [window_box(transform, c, r, w, h) for c, r, w, h in boxes]
 
 
 def _window_centres(transform: Affine, boxes: Sequence[WindowBox]) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +142,7 @@ def assign_windows(
     """{'labeled'|'unlabeled'|'val': window indices}, from area polygons or a seeded random split.
 
     Area polygons (one file or a list per area): a window belongs to an area when its centre is inside, or, for
-    a review file (`status` field, see `semiseg.geo.vectors`), when an accepted polygon touches it; overlaps go to val, then labeled,
+    a review file (`status` field, see `semiseg.geo.vectors`), when an accepted polygon shares ground with it; overlaps go to val, then labeled,
     then unlabeled; without an 'unlabeled' file every window outside the other areas is unlabeled. Random
     split: `fractions` (default labeled 0.1, val 0.1) of the shuffled windows, floor(f * N) each, the rest
     unlabeled; use stride = window then, or overlapping windows leak val pixels into training.
@@ -172,8 +164,8 @@ def assign_windows(
             inside = np.zeros(n, bool)
             if plain:
                 inside |= shapely.contains_xy(shapely.union_all(plain), xs, ys)
-            if accepted:  # reviewed pseudo-labels: every window an accepted polygon touches was reviewed
-                inside |= shapely.intersects(_window_boxes(transform, boxes), shapely.union_all(accepted))
+            if accepted:  # reviewed pseudo-labels: every window an accepted polygon reaches into was reviewed
+                inside |= shares_ground(_window_boxes(transform, boxes), shapely.union_all(accepted))
             chosen = inside & ~taken
             result[name] = np.flatnonzero(chosen).tolist()
             taken |= chosen

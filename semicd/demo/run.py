@@ -102,9 +102,9 @@ def write_areas(scene_dir: Path, seed: int, fractions: tuple[float, float] = (0.
     """Labeled and val areas as polygon files (one square per chosen training window), the way a user marks
     the parts of a scene they annotated; every other window is unlabeled. Returns window counts per area."""
     import geopandas as gpd
-    import shapely
 
-    from semicd.data.geotiff_pair import apply_affine, window_grid
+    from semicd.data.geotiff_pair import window_grid
+    from semiseg.geo.vectors import window_box
 
     with rasterio.open(scene_dir / "before.tif") as ds:
         height, width, transform, crs = ds.height, ds.width, ds.transform, ds.crs
@@ -123,12 +123,7 @@ def write_areas(scene_dir: Path, seed: int, fractions: tuple[float, float] = (0.
     chosen = {"labeled": np.concatenate([rich, others]), "val": val}
     (scene_dir / "areas").mkdir(exist_ok=True)
     for name, indices in chosen.items():
-        polygons = []
-        for i in indices:
-            c, r, w, h = boxes[i]
-            x0, y0 = apply_affine(transform, c, r + h)
-            x1, y1 = apply_affine(transform, c + w, r)
-            polygons.append(shapely.box(x0, y0, x1, y1))
+        polygons = [window_box(transform, *boxes[i]) for i in indices]
         gpd.GeoDataFrame(geometry=polygons, crs=crs).to_file(scene_dir / "areas" / f"{name}.gpkg")
     return {"labeled": n_labeled, "val": n_val, "unlabeled": len(boxes) - n_labeled - n_val}
 
@@ -384,22 +379,16 @@ def write_random_windows(out: Path, n: int, seed: int, path: Path) -> int:
     import geopandas as gpd
     import shapely
 
-    from semicd.data.geotiff_pair import apply_affine, window_grid
-    from semiseg.geo.vectors import read_vector
+    from semicd.data.geotiff_pair import window_grid
+    from semiseg.geo.vectors import read_vector, shares_ground, window_box
 
     with rasterio.open(out / "before.tif") as ds:
         height, width, transform, crs = ds.height, ds.width, ds.transform, ds.crs
     taken = shapely.union_all(
         [g for name in ("labeled", "val") for g in read_vector(out / "areas" / f"{name}.gpkg", crs, "area")]
     )
-    polygons = []
-    for c, r, w, h in window_grid(height, width, WINDOW):
-        x0, y0 = apply_affine(transform, c, r + h)
-        x1, y1 = apply_affine(transform, c + w, r)
-        polygons.append(shapely.box(x0, y0, x1, y1))
-    free = [
-        p for p in polygons if not p.intersects(taken) or p.touches(taken)
-    ]  # edge-adjacent windows are free
+    polygons = [window_box(transform, *box) for box in window_grid(height, width, WINDOW)]
+    free = [p for p, hit in zip(polygons, shares_ground(polygons, taken)) if not hit]
     rng = np.random.default_rng([seed, 7])
     chosen = [free[i] for i in sorted(rng.choice(len(free), size=min(n, len(free)), replace=False))]
     gpd.GeoDataFrame(geometry=chosen, crs=crs).to_file(path)

@@ -2,7 +2,8 @@
 
 Reviewed files: a layer with a `status` field is a review (`semicd pseudolabels` writes one with every polygon
 `unreviewed`); only its `accepted` polygons are read, so unreviewed and rejected pseudo-labels never become labels.
-Files without the field are read whole. The vector stack (geopandas, pyogrio) loads only when a file is read.
+Files without the field are read whole; a polygon drawn new in a review (its status left empty) is not accepted:
+new change goes into a label file. The vector stack (geopandas, pyogrio) loads only when a file is read.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 from rasterio.crs import CRS
 
 from semiseg.errors import SemisegError
@@ -19,6 +21,24 @@ VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet")
 STATUS_FIELD = "status"
 ACCEPTED = "accepted"
 UNREVIEWED = "unreviewed"
+
+
+def window_box(transform, col: int, row: int, width: int, height: int):
+    """A pixel window (offsets and size on the raster grid) as a shapely polygon in the raster's CRS, from all
+    four corners (exact for rotated grids too)."""
+    import shapely
+
+    corners = [(col, row), (col + width, row), (col + width, row + height), (col, row + height)]
+    t = transform  # written out: affine deprecates `*` for `@`, which older releases lack
+    return shapely.Polygon([(t.a * c + t.b * r + t.c, t.d * c + t.e * r + t.f) for c, r in corners])
+
+
+def shares_ground(geometries, area) -> np.ndarray:
+    """For each geometry, whether it has area in common with `area`; meeting it along an edge (the window next to
+    a labelled one) does not count. One rule for every "touches a labelled area" question in the toolkit."""
+    import shapely
+
+    return shapely.intersects(geometries, area) & ~shapely.touches(geometries, area)
 
 
 def feature_layer(path: str | Path) -> str | None:
