@@ -24,16 +24,21 @@ _REL_TOL = 1e-9  # parameters written in decimal by different programs agree to 
 def short_crs(crs: CRS | None) -> str:
     """`EPSG:32618` when the CRS is exactly that code, else its name cut to ~60 characters ("none" without one).
 
-    rasterio's `to_epsg()` also returns loose matches (an unknown datum can come back as an unrelated code), so a
-    code is only shown when the code's own definition equals the CRS.
+    rasterio's `to_epsg()` (and, with older GDAL, its `==`) also accept loose matches: an unknown datum on the WGS 84
+    ellipsoid can come back as an unrelated code. PROJ's identification at full confidence does not.
     """
     if crs is None:
         return "none"
-    code = crs.to_epsg()
-    if code is not None and CRS.from_epsg(code) == crs:
+    import pyproj
+
+    try:
+        parsed = pyproj.CRS.from_wkt(crs.to_wkt())
+        code, name = parsed.to_epsg(min_confidence=100), parsed.name
+    except pyproj.exceptions.CRSError:
+        match = re.match(r'\s*[A-Z_]+\[\s*"([^"]*)"', crs.to_wkt())
+        code, name = None, match.group(1) if match else crs.to_string()
+    if code is not None:
         return f"EPSG:{code}"
-    match = re.match(r'\s*[A-Z_]+\[\s*"([^"]*)"', crs.to_wkt())
-    name = match.group(1) if match else crs.to_string()
     return repr(name if len(name) <= NAME_LENGTH else name[: NAME_LENGTH - 3] + "...")
 
 
