@@ -442,29 +442,28 @@ def predict_scene_command(args: argparse.Namespace, task: Task, rasters: Sequenc
 
 def suggest_command(args: argparse.Namespace, task: Task, rasters: Sequence[str]) -> int:
     """The body of every task's `suggest`: the windows most worth labelling next (`semiseg.active`)."""
-    from semiseg.active import check_review_output, suggest_windows
-
-    check_review_output(args.out)
-    model = _load_for_scene(args, task, rasters)
-    summary = suggest_windows(
-        model, rasters, args.out, n=args.n, areas=args.areas, min_distance=args.min_distance, cell=args.cell,
-        **reading_options(args, task, model),
+    return _review_command(
+        args, task, rasters, "suggest_windows", "suggest",
+        n=args.n, areas=args.areas, min_distance=args.min_distance, cell=args.cell,
     )  # fmt: skip
-    return _finish(args, summary, "suggest")
 
 
 def pseudolabels_command(args: argparse.Namespace, task: Task, rasters: Sequence[str]) -> int:
     """`pseudolabels`: the model's confident change as polygons to review (`semiseg.active`)."""
-    from semiseg.active import check_review_output, pseudolabel_polygons
-
-    check_review_output(args.out)
-    model = _load_for_scene(args, task, rasters)
-    summary = pseudolabel_polygons(
-        model,
-        rasters,
-        args.out,
-        min_prob=args.min_prob,
-        areas=args.areas,
-        **reading_options(args, task, model),
+    return _review_command(
+        args, task, rasters, "pseudolabel_polygons", "pseudolabels", min_prob=args.min_prob, areas=args.areas
     )
-    return _finish(args, summary, "pseudolabels")
+
+
+def _review_command(
+    args: argparse.Namespace, task: Task, rasters: Sequence[str], function: str, kind: str, **options: Any
+) -> int:
+    """Check the output, load the model, run `semiseg.active.<function>` over the scene, record."""
+    from semiseg import active
+
+    active.check_review_output(args.out)
+    model = _load_for_scene(args, task, rasters)
+    summary = getattr(active, function)(
+        model, rasters, args.out, **options, **reading_options(args, task, model)
+    )
+    return _finish(args, summary, kind)
