@@ -31,7 +31,12 @@ from semiseg.geo import open_pair, open_single
 from semiseg.geo import predict_raster as geo_predict_raster
 
 ORIGIN = from_origin(500000, 4500000, 2, 2)
-UTM18_BY_HAND = "+proj=tmerc +lat_0=0 +lon_0=-75 +k=0.9996 +x_0=500000 +y_0=0 +ellps=WGS84 +units=m +no_defs"
+UTM18_BY_HAND = (  # UTM zone 18N written out as WKT: WGS 84's ellipsoid under an unnamed datum, no EPSG code
+    'PROJCS["UTM Zone 18, Northern Hemisphere",GEOGCS["unnamed",DATUM["unnamed",SPHEROID["WGS 84",6378137,'
+    '298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],'
+    'PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",-75],PARAMETER["scale_factor",0.9996],'
+    'PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1]]'
+)
 predict_raster = functools.partial(geo_predict_raster, patch_size=14, num_workers=0, window=28)
 
 
@@ -65,7 +70,9 @@ def test_a_crs_spelled_differently_is_the_same_grid_with_one_short_warning(tmp_p
     b = write_raster(tmp_path / "b.tif", np.zeros((3, 30, 30), np.uint8), crs=UTM18_BY_HAND)
     with rasterio.open(a) as ra, rasterio.open(b) as rb:
         assert ra.crs != rb.crs  # GDAL itself calls them different: the case users hit
-    with pytest.warns(UserWarning, match=r"EPSG:32618 vs 'unknown'.*same ellipsoid") as caught:
+    with pytest.warns(
+        UserWarning, match=r"EPSG:32618 vs 'UTM Zone 18, Northern Hemisphere'.*same ellipsoid"
+    ) as caught:
         scene = open_pair(a, b)
     ours = [w for w in caught if "CRS" in str(w.message)]
     assert all(s.warp is None for s in scene.sources) and len(ours) == 1 and len(str(ours[0].message)) < 250
@@ -92,9 +99,11 @@ def test_a_local_crs_that_cannot_be_reprojected_is_one_line(tmp_path):
 
 def test_a_really_different_crs_is_refused_with_short_names_and_the_reproject_hint(tmp_path):
     a = write_raster(tmp_path / "a.tif", np.zeros((3, 30, 30), np.uint8))
-    zone19 = UTM18_BY_HAND.replace("-75", "-69")
+    zone19 = UTM18_BY_HAND.replace('central_meridian",-75', 'central_meridian",-69').replace("18", "19")
     b = write_raster(tmp_path / "b.tif", np.zeros((3, 30, 30), np.uint8), crs=zone19)
-    with pytest.raises(SemisegError, match=r"CRS \(EPSG:32618 vs 'unknown'\).*--align reproject") as err:
+    with pytest.raises(
+        SemisegError, match=r"CRS \(EPSG:32618 vs 'UTM Zone 19, Northern Hemisphere'\).*--align reproject"
+    ) as err:
         open_pair(a, b)
     assert len(str(err.value)) < 300 and "\n" not in str(err.value)
 
