@@ -58,7 +58,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
             if not (match and entry.name.startswith(f".{target.name}.")):
                 continue
             pid = int(match.group(1))
-            if pid == os.getpid() or _running(pid):
+            if pid == os.getpid() or process_running(pid):
                 continue
             if entry.is_dir():  # a scratch folder (semiseg.active)
                 shutil.rmtree(entry, ignore_errors=True)
@@ -68,7 +68,8 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -24,7 +24,7 @@ from typing import Any
 
 from semiseg.config import Config, config_yaml
 from semiseg.errors import SemisegError
-from semiseg.io import write_text_atomic
+from semiseg.io import process_running, write_text_atomic
 from semiseg.train.run_log import RunLog
 
 LOCK_NAME = ".lock"
@@ -36,17 +36,7 @@ def _stale(owner: dict[str, Any]) -> bool:
     if owner.get("host") != socket.gethostname():
         return False  # another machine's process: we cannot tell, so we do not take its folder
     pid = int(owner.get("pid", -1))
-    return pid == os.getpid() or not _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by someone else
-        return True
-    return True
+    return pid == os.getpid() or not process_running(pid)
 
 
 class RunLock:
