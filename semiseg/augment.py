@@ -7,7 +7,9 @@ view:
 1. photometric noise, drawn independently for every image *and every date* (a before/after pair gets two
    draws, because real acquisitions differ in lighting independently):
    ColorJitter(0.5, 0.5, 0.5, 0.25) with p=0.8, RandomGrayscale p=0.2 (0 for change detection), Gaussian blur
-   p=0.5 with sigma ~ U(0.1, 2.0);
+   p=0.5 with sigma ~ U(0.1, 2.0). Imagery with other than 3 bands (multispectral, SAR) has no hue or
+   saturation and no grey conversion: it gets the brightness and contrast jitter (the same factors for all of
+   an image's bands, p=0.8) and the blur;
 2. a CutMix box per sample, shared by all dates of the sample (so the mixed pair stays pixel-aligned with the
    mixed change pseudo-label), whose partner is the same batch reversed (`flip(0)`).
 
@@ -62,10 +64,13 @@ class StrongAugment(nn.Module):
         blur_sigma: tuple[float, float] = (0.1, 2.0),
         blur_p: float = 0.5,
         blur_kernel_size: int = BLUR_KERNEL_SIZE,
+        bands: int = 3,
     ) -> None:
         super().__init__()
         if blur_kernel_size % 2 == 0:
             raise SemisegError(f"blur kernel size must be odd, got {blur_kernel_size}")
+        if bands != 3:  # hue, saturation and grey are defined for RGB only (see the module docstring)
+            jitter, grayscale_p = (jitter[0], jitter[1], 0.0, 0.0), 0.0
         ops: list[nn.Module] = [K.ColorJitter(*jitter, p=jitter_p)]
         if grayscale_p > 0:
             ops.append(K.RandomGrayscale(p=grayscale_p))
@@ -77,12 +82,13 @@ class StrongAugment(nn.Module):
             )
         self._ops: tuple[nn.Module, ...] = tuple(ops)
         self.grayscale_p = grayscale_p
+        self.bands = bands
 
     def _augment_one(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != 3:
+        if x.dim() != 4 or x.shape[1] != self.bands:
             raise SemisegError(
-                f"strong photometric augmentation needs RGB images (B x 3 x H x W), got {tuple(x.shape)}; "
-                "select three bands for training"
+                f"strong photometric augmentation was set up for B x {self.bands} x H x W images, got "
+                f"{tuple(x.shape)}"
             )
         if not x.is_floating_point():
             raise ValueError("StrongAugment expects float images in [0, 1]; divide uint8 images by 255 first")
@@ -198,7 +204,9 @@ class StrongViews:
         cutmix_p: float = 0.5,
         augment: StrongAugment | None = None,
     ) -> None:
-        self.augment = augment if augment is not None else StrongAugment(grayscale_p=grayscale_p)
+        self.augment = (
+            augment if augment is not None else StrongAugment(grayscale_p=grayscale_p, bands=len(mean))
+        )
         self.cutmix_p = cutmix_p
         self.mean, self.std = tuple(mean), tuple(std)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import sys
@@ -257,6 +258,44 @@ def cmd_compare_log(task: Task) -> Handler:
     return handler
 
 
+def cmd_band_stats(task: Task) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        from semiseg.band_stats import dataset_band_stats, raster_band_stats, stats_config
+        from semiseg.io import write_yaml_atomic
+
+        if args.rasters:
+            stats = raster_band_stats(args.rasters, args.bands, args.nodata, args.stretch)
+        elif args.config:
+            stats = dataset_band_stats(_training_sets(args, task), args.max_samples)
+        else:
+            raise SemisegError("band-stats needs rasters to measure, or --config to measure its training set")
+        if args.out:
+            base = None
+            if args.config:
+                base = os.path.relpath(Path(args.config).resolve(), Path(args.out).resolve().parent)
+            write_yaml_atomic(args.out, stats_config(stats, base))
+            stats["written"] = str(args.out)
+        print(json.dumps(stats))
+        return 0
+
+    return handler
+
+
+def _training_sets(args: argparse.Namespace, task: Task) -> list:
+    """The labeled and unlabeled training sets of `--config`. The config may select bands it has no statistics
+    for yet (that is why band-stats runs): neutral placeholders let it load; they are not used to measure."""
+    from semiseg.config import apply_overrides, config_from_dict, read_config_file
+    from semiseg.data.build import build
+
+    raw = apply_overrides(read_config_file(args.config), args.overrides)
+    raw["task"] = raw.get("task") or task.name
+    data = raw.setdefault("data", {}) or {}
+    if data.get("bands") and data.get("mean") is None:
+        data["mean"], data["std"] = [0.5] * len(data["bands"]), [0.25] * len(data["bands"])
+    bundle = build(config_from_dict(raw), "fit")
+    return [bundle.labeled, bundle.unlabeled]
+
+
 CHECKPOINT_HELP = (
     "a checkpoint: ours (best.pt, latest.pt), an export (.safetensors), or an official UniMatch V2 one"
 )
@@ -326,6 +365,27 @@ def make_parser(
         "--spread", type=float, default=1.0,
         help="points of the metric within which the two count as equal (see semiseg/compare_log.py)",
     )  # fmt: skip
+
+    p = add_command(
+        sub, "band-stats", cmd_band_stats(task),
+        "measure per-band input statistics (mean, std, robust limits) for imagery beyond RGB and write them as a "
+        "config",
+        examples.get("band-stats", f"{task.command} band-stats scene_2019.tif scene_2023.tif --bands 1,2,3,4 "
+                     "--config my.yaml --out my_4band.yaml"),
+    )  # fmt: skip
+    p.add_argument("rasters", nargs="*", help="GeoTIFFs to measure (default: the training set of --config)")
+    add_config_args(p, config_required=False, hint="; becomes the base of --out")
+    p.add_argument("--bands", type=band_list, help="1-based bands of the rasters (default: all but alpha)")
+    p.add_argument("--nodata", type=float, default=None, help="treat this input value as nodata")
+    p.add_argument(
+        "--stretch", type=stretch_rule, default=None,
+        help="fixed:MIN,MAX[;MIN,MAX...] limits to use instead of measuring the 2-98 %% percentiles (default: measure)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-samples", type=int_at_least(1), default=200,
+        help="with --config: at most this many evenly spaced samples per training set",
+    )  # fmt: skip
+    p.add_argument("--out", help="write a config with the statistics (on top of --config, when given)")
     return parser, sub
 
 
@@ -347,7 +407,7 @@ def add_reading_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
         "--bands", type=band_list,
-        help="1-based bands to use, e.g. 1,2,3 (default: the first as many as the model takes, alpha skipped)",
+        help="1-based bands to use, e.g. 1,2,3 (default: the bands the model was trained on; a model that does not say takes an RGB file as it is, alpha skipped)",
     )  # fmt: skip
     p.add_argument("--nodata", type=float, default=None, help="treat this input value as nodata")
     p.add_argument(

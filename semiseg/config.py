@@ -31,7 +31,7 @@ from typing import Any, Literal
 import yaml
 
 from semiseg.errors import SemisegError, did_you_mean
-from semiseg.models.specs import ENCODER_SPECS, encoder_spec
+from semiseg.models.specs import ENCODER_SPECS, EncoderSpec, encoder_spec, is_encoder_name
 from semiseg.registry import EXTRAS, METHODS
 from semiseg.task import DatasetSpec, Task, get_task, tasks
 
@@ -88,13 +88,21 @@ class DataConfig:
     )
     window: int = _opt(256, "side in px of the training windows laid over the scene")
     bands: list[int] | None = _opt(
-        None, "1-based bands to read (default: the first as many as the encoder takes)"
+        None,
+        "1-based bands to read from GeoTIFFs (default: the first as many as the model takes); predict reuses them",
     )
+    mean: list[float] | None = _opt(
+        None,
+        "per-band input mean after scaling to 0..1, one value per band the model takes (default: the encoder's "
+        "pretraining statistics, 3 RGB bands); other band counts need it: `semicd band-stats` measures it",
+    )
+    std: list[float] | None = _opt(None, "per-band input std, as `data.mean` (both or neither)")
     min_valid: float = _opt(0.5, "skip windows valid (not nodata) in both dates for less than this fraction")
     stretch: str = _opt(
         "auto",
         "how non-8-bit bands reach 0..255: auto (uint8 as is, else shared), shared (2-98 % percentiles of both "
-        "dates pooled), per-date, none (clip), or fixed:MIN,MAX; predict reuses it unless --stretch is given",
+        "dates pooled), per-date, none (clip), fixed:MIN,MAX (every band) or fixed:MIN,MAX;MIN,MAX;... (one pair "
+        "per band, as `semicd band-stats` writes it); predict reuses it unless --stretch is given",
     )
     areas: dict[str, str | list[str]] | None = _opt(
         None,
@@ -110,12 +118,22 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     encoder: str = _opt(
-        "base", "encoder size: `tiny` (ours, tests and demos), `small`, `base`, `large`, `giant`"
+        "base",
+        "DINOv2: `small`, `base`, `large`, `giant`; with registers: `small_reg` ... `giant_reg`; DINOv3 (patch 16): "
+        "`dinov3_small`, `dinov3_small_plus`, `dinov3_base`, `dinov3_large`, `dinov3_large_sat` (satellite "
+        "pretraining); `tiny`, `tiny_reg`, `tiny_dinov3` (ours, tests and demos); timm names are accepted too",
     )
     weights: str | None = _opt(
         None,
-        "encoder weights: a `dinov2_vit*14_pretrain.pth` (or timm state dict / safetensors), `hub` (timm hub, "
-        "needs network once) or null (random init)",
+        "encoder weights: an official file (`dinov2_vit*14_pretrain.pth`, `dinov3_vit*16_pretrain_*.pth`), a timm "
+        "state dict or safetensors, `hub` (timm hub: the Hugging Face cache, else downloaded once) or null (random "
+        "init)",
+    )
+    rgb_bands: list[int] | None = _opt(
+        None,
+        "with other than 3 input bands: the 1-based input positions of red, green, blue, which keep the pretrained "
+        "RGB filters (default: the first three; [] when none is visible light); the other bands start from the mean "
+        "RGB filter × 3/bands",
     )
     freeze_encoder: bool = _opt(
         False,
@@ -278,7 +296,7 @@ class Config:
 # `data.*` keys every dataset reads; a dataset lists the others it reads in its `DatasetSpec.keys`.
 COMMON_DATA_KEYS = frozenset(
     {"dataset", "nclass", "crop_size", "batch_size", "workers", "ratio_range", "base_size", "hflip", "vflip",
-     "rot90", "classes", "nsample"}
+     "rot90", "classes", "nsample", "mean", "std"}
 )  # fmt: skip
 
 
@@ -549,12 +567,12 @@ def _check_ranges(cfg: Config) -> None:
 def validate(cfg: Config, task: Task | None = None) -> Config:
     """Cross-field checks: names against their registries, sizes against the encoder, task constraints."""
     task = task or get_task(cfg.task)
-    if cfg.model.encoder not in ENCODER_SPECS:
+    if not is_encoder_name(cfg.model.encoder):
         raise SemisegError(
-            f"model.encoder: unknown encoder size {cfg.model.encoder!r}{did_you_mean(cfg.model.encoder, ENCODER_SPECS)}; "
+            f"model.encoder: unknown encoder {cfg.model.encoder!r}{did_you_mean(cfg.model.encoder, ENCODER_SPECS)}; "
             f"choose one of {', '.join(ENCODER_SPECS)}"
         )
-    spec = encoder_spec(cfg.model.encoder)
+    spec = model_spec(cfg)
     spec.check_side(cfg.data.crop_size, "data.crop_size")
     if cfg.method.name not in METHODS:
         raise SemisegError(
@@ -588,6 +606,27 @@ def validate(cfg: Config, task: Task | None = None) -> Config:
         )
     _check_ranges(cfg)
     return cfg
+
+
+def model_spec(cfg: Config) -> EncoderSpec:
+    """The encoder of a run with the input it is fed: the encoder's own statistics (RGB), or `data.mean`/`data.std`
+    for other bands. `data.bands`, when set, must select as many bands."""
+    from semiseg.models.bands import check_rgb_bands
+
+    d, spec = cfg.data, encoder_spec(cfg.model.encoder)
+    if (d.mean is None) != (d.std is None):
+        raise SemisegError("set data.mean and data.std together (one value per band each), or neither")
+    if d.mean is not None:
+        spec = spec.with_input(tuple(d.mean), tuple(d.std))
+    if d.bands is not None and len(d.bands) != spec.bands:
+        hint = "set data.mean/data.std for them (`semicd band-stats` measures both)" if d.mean is None else ""
+        raise SemisegError(
+            f"data.bands selects {len(d.bands)} band(s) but the model takes {spec.bands} (one per data.mean value)"
+            + (f": {hint}" if hint else "")
+        )
+    if cfg.model.rgb_bands is not None:
+        check_rgb_bands(cfg.model.rgb_bands, spec.bands)
+    return spec
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -89,8 +89,35 @@ def check_scene_size(scene, predictor: ModelPredictor, window: int, overlap: flo
 
 def stretch_trained_with(model: Segmentor) -> str:
     """The input stretch rule the model was trained with (`data.stretch`), or `auto` when it does not say."""
-    config = getattr(model, "meta", {}).get("config") or {}
-    return str((config.get("data") or {}).get("stretch") or "auto")
+    meta = getattr(model, "meta", {})
+    return str(meta.get("stretch") or ((meta.get("config") or {}).get("data") or {}).get("stretch") or "auto")
+
+
+def bands_trained_with(model: Segmentor) -> list[int] | None:
+    """The 1-based raster bands the model was trained on (`data.bands`), or None when it does not say."""
+    meta = getattr(model, "meta", {})
+    bands = meta.get("input_bands") or ((meta.get("config") or {}).get("data") or {}).get("bands")
+    return [int(b) for b in bands] if bands else None
+
+
+def check_band_count(found: int, wanted: int, raster: str | os.PathLike, bands: Sequence[int] | None) -> None:
+    """One line when the scene's bands are not the model's: a model never guesses which bands are which."""
+    if found == wanted:
+        return
+    if bands:
+        raise SemisegError(
+            f"the model takes {wanted} band(s) but --bands selects {found}: give {wanted} numbers"
+        )
+    kind = "RGB (3 bands)" if wanted == 3 else f"{wanted} bands"
+    if found == 1:
+        hint = f" (e.g. --bands {','.join(['1'] * wanted)} to repeat the band)"
+    elif found > wanted:
+        hint = f" (e.g. --bands {','.join(str(b) for b in range(1, wanted + 1))}{' if those are red, green, blue' if wanted == 3 else ''})"
+    else:
+        hint = ""
+    raise SemisegError(
+        f"the model was trained on {kind} but {raster} has {found}: choose {wanted} with --bands{hint}"
+    )
 
 
 def check_rasters_exist(rasters: Sequence[str | os.PathLike]) -> None:
@@ -178,16 +205,9 @@ def predict_scene(
         raise SemisegError(f"this model takes {model.num_images} raster(s) per scene, got {len(rasters)}")
     check_rasters_exist(rasters)
     stretch = stretch or stretch_trained_with(model)
+    bands = bands or bands_trained_with(model)
     scene = open_scene(list(rasters), align=align, bands=bands, nodata=nodata, stretch=stretch)
-    wanted = model.spec.bands
-    if bands is None and scene.num_bands > wanted:
-        scene = scene.first_bands(wanted)
-    if scene.num_bands != wanted:
-        given = f"--bands selects {scene.num_bands}" if bands else f"{rasters[0]} has {scene.num_bands}"
-        raise SemisegError(
-            f"the model takes {wanted} band(s) but {given}: pass --bands with {wanted} numbers "
-            f"(e.g. --bands {','.join(['1'] * wanted)} to repeat the first band)"
-        )
+    check_band_count(scene.num_bands, model.spec.bands, rasters[0], bands)
     predictor = make_predictor(model, device, amp)
     if not yes:
         window = options.get("window", default_window(model))

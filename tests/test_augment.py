@@ -84,9 +84,22 @@ def test_grayscale_off_keeps_colour_and_on_makes_gray():
     assert torch.allclose(all_gray[:, 0], all_gray[:, 1]) and torch.allclose(all_gray[:, 1], all_gray[:, 2])
 
 
-def test_strong_augment_rejects_non_rgb():
-    with pytest.raises(SemisegError, match="RGB"):
+def test_strong_augment_refuses_a_band_count_it_was_not_set_up_for():
+    with pytest.raises(SemisegError, match="B x 3 x H x W"):
         StrongAugment()((torch.rand(1, 4, 14, 14),))
+
+
+def test_multispectral_strong_augment_scales_all_bands_alike_and_never_greys():
+    """13 bands: brightness/contrast only (one factor per image for all bands), no grey conversion; a band
+    ratio survives brightness, which hue/saturation jitter would have mixed across bands."""
+    img = torch.rand(4, 13, 28, 28) * 0.5 + 0.25
+    img[:, 5] = img[:, 4] * 0.5  # band 6 is half of band 5
+    aug = StrongAugment(bands=13, jitter=(0.5, 0.0, 0.0, 0.0), jitter_p=1.0, blur_p=0.0, grayscale_p=1.0)
+    out = aug((img,), torch.Generator().manual_seed(0))[0]
+    assert out.shape == img.shape and not torch.equal(out, img)
+    unclipped = (out[:, 4] < 1.0) & (out[:, 4] > 0.0)
+    torch.testing.assert_close(out[:, 5][unclipped], out[:, 4][unclipped] * 0.5)
+    assert aug.grayscale_p == 0.0
 
 
 def test_cutmix_boxes_p0_gives_no_box():

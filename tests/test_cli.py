@@ -70,9 +70,9 @@ def test_user_errors_are_one_line_with_non_zero_exit(cmd, message, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def _geotiff(path: Path, array: np.ndarray) -> None:
+def _geotiff(path: Path, array: np.ndarray, **extra) -> None:
     profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0], dtype="uint8",
-                   crs="EPSG:32618", transform=from_origin(500000, 4000000, 0.5, 0.5))  # fmt: skip
+                   crs="EPSG:32618", transform=from_origin(500000, 4000000, 0.5, 0.5), **extra)  # fmt: skip
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(array)
 
@@ -361,32 +361,34 @@ def test_every_option_of_every_command_has_help(build):
     assert missing == [] and len(commands) >= 4
 
 
-def test_scene_bands_default_to_what_the_model_takes(tmp_path, capsys):
+def test_scene_bands_must_be_the_models_or_chosen_never_guessed(tmp_path, capsys):
+    """An RGB model given a 4-band file (RGB+NIR? BGR+NIR?) or a 1-band file says so in one line; --bands picks."""
     from semiseg.models.checkpoints import export_model
     from semiseg.models.segmentor import build_model
 
     checkpoint = export_model(build_model("tiny", 3), tmp_path / "seg")
     rng = np.random.default_rng(0)
-    for bands in (4, 1):
-        _geotiff(tmp_path / f"b{bands}.tif", rng.integers(0, 255, (bands, 30, 30), dtype=np.uint8))
+    for bands in (4, 1):  # four plain bands (GDAL would call a default 4-band byte file RGBA)
+        _geotiff(
+            tmp_path / f"b{bands}.tif",
+            rng.integers(0, 255, (bands, 30, 30), dtype=np.uint8),
+            photometric="MINISBLACK",
+        )
     common = ["--checkpoint", str(checkpoint), "--window", "28", "--workers", "0"]
-    assert (
-        semiseg_main(
-            ["predict", "--image", str(tmp_path / "b4.tif"), "--out", str(tmp_path / "o4.tif"), *common]
+    for bands, hint in ((4, "--bands 1,2,3 if those are red, green, blue"), (1, "--bands 1,1,1 to repeat")):
+        out = tmp_path / f"o{bands}.tif"
+        assert (
+            semiseg_main(["predict", "--image", str(tmp_path / f"b{bands}.tif"), "--out", str(out), *common])
+            == 2
         )
-        == 0
-    )
-    capsys.readouterr()
-    assert (
-        semiseg_main(
-            ["predict", "--image", str(tmp_path / "b1.tif"), "--out", str(tmp_path / "o1.tif"), *common]
-        )
-        == 2
-    )
-    assert "the model takes 3 band(s) but" in capsys.readouterr().err and not (tmp_path / "o1.tif").exists()
-    assert semiseg_main(
-        ["predict", "--image", str(tmp_path / "b1.tif"), "--out", str(tmp_path / "o1.tif"), "--bands", "1,1,1", *common]
-    ) == 0  # fmt: skip
+        err = capsys.readouterr().err
+        assert f"trained on RGB (3 bands) but {tmp_path / f'b{bands}.tif'} has {bands}" in err and hint in err
+        assert len(err.strip().splitlines()) == 1 and not out.exists()
+    for bands, chosen in ((4, "3,2,1"), (1, "1,1,1")):
+        out = tmp_path / f"o{bands}.tif"
+        assert semiseg_main(
+            ["predict", "--image", str(tmp_path / f"b{bands}.tif"), "--out", str(out), "--bands", chosen, *common]
+        ) == 0 and out.exists()  # fmt: skip
 
 
 @pytest.mark.parametrize("parser", [semiseg_parser, semicd_parser])

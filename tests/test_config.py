@@ -111,7 +111,7 @@ def test_vertical_flips_apply_to_segmentation():
         (["data.dataset=levir_cd"], r"not a segmentation dataset \(it is a change detection dataset: use `semicd`\)"),
         (["task=change_detection", "data.dataset=pascal"], "use `semiseg`"),
         (["task=depth"], "unknown task 'depth'"),
-        (["model.encoder=huge"], "unknown encoder size 'huge'"),
+        (["model.encoder=huge"], "unknown encoder 'huge'"),
         (["data.ratio_range=[2.0,0.5]"], "ratio_range"),
         (["data.batch_size=0"], "data.batch_size must be at least 1"),
         (["method.ema_decay=2"], "method.ema_decay must lie in"),

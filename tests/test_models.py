@@ -215,7 +215,7 @@ def test_parameter_counts_match_the_official_model_within_one_percent(size, tota
 
 
 def test_unknown_encoder_size_is_a_user_error():
-    with pytest.raises(SemisegError, match="unknown encoder size 'huge'"):
+    with pytest.raises(SemisegError, match="unknown encoder 'huge'"):
         Segmentor("huge", 3)
 
 

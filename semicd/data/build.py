@@ -10,13 +10,12 @@ from pathlib import Path
 from semicd import recipe
 from semicd.data.geotiff_pair import build_geotiff_pair_datasets
 from semicd.data.tiles import build_change_tile_datasets
-from semiseg.config import Config
+from semiseg.config import Config, model_spec
 from semiseg.data.build import DataBundle, DataRequest, require_root
 from semiseg.data.geometry import geometry_from_config
 from semiseg.data.lists import find_split_folder, resolve_list
 from semiseg.errors import SemisegError
 from semiseg.geo.vectors import VECTOR_SUFFIXES
-from semiseg.models.specs import encoder_spec
 
 
 def _classes(cfg: Config) -> list[str]:
@@ -55,7 +54,7 @@ def build_scene_pair(cfg: Config, request: DataRequest) -> DataBundle:
         d.before, d.after, label=None if is_vector else d.label, change_polygons=d.label if is_vector else None,
         window=d.window, areas=d.areas,
         fractions=None if d.areas else {"labeled": d.fractions[0], "val": d.fractions[1]},
-        min_valid=d.min_valid, stretch=d.stretch, bands=tuple(d.bands or range(1, encoder_spec(cfg.model.encoder).bands + 1)), geometry=geometry_from_config(cfg),
+        min_valid=d.min_valid, stretch=d.stretch, bands=tuple(d.bands or range(1, model_spec(cfg).bands + 1)), geometry=geometry_from_config(cfg),
         seed=cfg.train.seed, training=request.training, with_unlabeled=request.unlabeled, nsample=d.nsample,
     )  # fmt: skip
     if val is None:

@@ -22,7 +22,7 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,33 +51,52 @@ MIN_STRETCH_SAMPLES = (
 @dataclass(frozen=True)
 class StretchRule:
     """How non-8-bit bands reach 0..255: `auto` (uint8 as is, anything else `shared`), `shared`, `per-date`,
-    `none` (clip) or `fixed` between `low` and `high` (see the module docstring for why `shared` is the default)."""
+    `none` (clip) or `fixed` limits: one (low, high) pair for every band, or one pair per band (see the module
+    docstring for why `shared` is the default)."""
 
     mode: str = "auto"
-    low: float | None = None
-    high: float | None = None
+    limits: tuple[tuple[float, float], ...] = ()
 
     def __str__(self) -> str:
-        return f"fixed:{self.low:g},{self.high:g}" if self.mode == "fixed" else self.mode
+        if self.mode != "fixed":
+            return self.mode
+        return "fixed:" + ";".join(f"{lo:g},{hi:g}" for lo, hi in self.limits)
+
+    def fixed_limits(self, bands: int) -> tuple[tuple[float, float], ...]:
+        """Per-band limits of a `fixed` rule for `bands` bands: its one pair repeated, or its pairs if they fit."""
+        if len(self.limits) == 1:
+            return self.limits * bands
+        if len(self.limits) != bands:
+            raise SemisegError(
+                f"the stretch {self} gives {len(self.limits)} (MIN,MAX) pairs for {bands} band(s): give one pair "
+                "for every band, or a single pair for all"
+            )
+        return self.limits
 
 
 def parse_stretch(text: str | StretchRule | None) -> StretchRule:
-    """`auto`, `shared`, `per-date`, `none` or `fixed:MIN,MAX` -> a `StretchRule`, or a one-line error."""
+    """`auto`, `shared`, `per-date`, `none`, `fixed:MIN,MAX` or `fixed:MIN,MAX;MIN,MAX;...` (one pair per band)
+    -> a `StretchRule`, or a one-line error."""
     if isinstance(text, StretchRule):
         return text
     text = (text or "auto").strip()
     if text in STRETCH_MODES:
         return StretchRule(text)
     if text.startswith("fixed:"):
-        try:
-            low, high = (float(v) for v in text[len("fixed:") :].split(","))
-        except ValueError:
-            low = high = math.nan
-        if math.isfinite(low) and math.isfinite(high) and high > low:
-            return StretchRule("fixed", low, high)
+        limits = []
+        for part in text[len("fixed:") :].split(";"):
+            try:
+                low, high = (float(v) for v in part.split(","))
+            except ValueError:
+                low = high = math.nan
+            if not (math.isfinite(low) and math.isfinite(high) and high > low):
+                break
+            limits.append((low, high))
+        else:
+            return StretchRule("fixed", tuple(limits))
     raise SemisegError(
-        f"stretch {text!r} is not one of {', '.join(STRETCH_MODES)} or fixed:MIN,MAX with MIN < MAX "
-        "(e.g. fixed:0,3000)"
+        f"stretch {text!r} is not one of {', '.join(STRETCH_MODES)}, fixed:MIN,MAX or fixed:MIN,MAX;MIN,MAX;... "
+        "(one pair per band) with every MIN < MAX (e.g. fixed:0,3000)"
     )
 
 
@@ -132,14 +151,6 @@ class Scene:
     def num_bands(self) -> int:
         return len(self.sources[0].bands)
 
-    def first_bands(self, n: int) -> Scene:
-        """The same scene reading only the first `n` of its selected bands."""
-        sources = tuple(
-            replace(s, bands=s.bands[:n], stretch=None if s.stretch is None else s.stretch[:n])
-            for s in self.sources
-        )
-        return replace(self, sources=sources)
-
 
 def open_source(source: RasterSource) -> rasterio.io.DatasetReaderBase:
     """Open a source's file, through a `WarpedVRT` when it must be warped; the caller closes what it gets."""
@@ -192,7 +203,7 @@ def open_raster(path: str | os.PathLike, what: str = "input raster") -> rasterio
     return ds
 
 
-def _select_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None) -> tuple[int, ...]:
+def select_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None) -> tuple[int, ...]:
     """The user's 1-based bands, or every band but an alpha band (alpha is read as the validity mask instead)."""
     if bands is None:
         alpha = {i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha}
@@ -389,7 +400,7 @@ def open_scene(
 
 def _build_scene(handles, align: str, bands, nodata, rule: StretchRule) -> Scene:
     first = handles[0]
-    selected = [_select_bands(h, bands) for h in handles]
+    selected = [select_bands(h, bands) for h in handles]
     for h, sel in zip(handles[1:], selected[1:]):
         if len(sel) != len(selected[0]):
             raise SemisegError(
@@ -444,8 +455,9 @@ def stretch_limits(
         clip = tuple((0.0, 255.0) for _ in selected[0])
         return [clip] * len(handles), f"clipping the {dtypes} values to 0..255 (stretch none)"
     if mode == "fixed":
-        fixed = tuple((rule.low, rule.high) for _ in selected[0])
-        return [fixed] * len(handles), f"a fixed stretch of the {dtypes} values {rule.low:g}..{rule.high:g}"
+        fixed = rule.fixed_limits(len(selected[0]))
+        shown = ", ".join(f"{lo:g}..{hi:g}" for lo, hi in dict.fromkeys(fixed))
+        return [fixed] * len(handles), f"a fixed stretch of the {dtypes} values {shown}"
     samples = [stretch_samples(h, sel, nodata) for h, sel in zip(handles, selected)]
     if len(handles) == 1:
         limits, mode, who = [percentile_limits(samples[0])], "percentile", "the image's"

@@ -23,7 +23,7 @@ from semiseg.errors import SemisegError
 from semiseg.io import atomic_paths
 from semiseg.models.encoder import check_keys, read_state_dict
 from semiseg.models.segmentor import Segmentor
-from semiseg.models.specs import ENCODER_SPECS, EncoderSpec
+from semiseg.models.specs import ENCODER_SPECS, EncoderSpec, encoder_spec, is_encoder_name
 from semiseg.task import get_task, infer_task
 
 # Marks our training checkpoints (`latest.pt`, `best.pt`); the name predates the two-task layout and is kept so
@@ -57,6 +57,10 @@ def _rename_head(key: str, to_official: bool) -> str:
 
 def to_official_state_dict(model: Segmentor) -> dict[str, torch.Tensor]:
     """Our weights in the official UniMatch V2 layout (`backbone.*`, `head.scratch.*`), without `module.`."""
+    if model.spec.family != "dinov2":
+        raise SemisegError(
+            f"the official UniMatch V2 layout holds DINOv2 encoders only; {model.encoder_size} is {model.spec.family}"
+        )
     out = {}
     for key, value in model.state_dict().items():
         if key.startswith("encoder.vit."):
@@ -87,21 +91,38 @@ def from_official_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
-def infer_architecture(state: dict[str, torch.Tensor]) -> tuple[EncoderSpec, int]:
-    """(encoder spec, class count) from weights in our layout: width, depth, patch size and bands must all
-    match one known encoder."""
-    if "encoder.vit.pos_embed" not in state or "head.output.2.weight" not in state:
-        raise SemisegError("weights hold no ViT encoder + DPT head (no pos_embed / output conv found)")
-    dim = state["encoder.vit.pos_embed"].shape[-1]
-    depth = 1 + max(int(m[1]) for k in state if (m := re.match(r"encoder\.vit\.blocks\.(\d+)\.", k)))
+def _family_of(state: dict[str, torch.Tensor]) -> str:
+    """Which encoder family wrote these weights: DINOv3 has no absolute position embedding, registers add
+    `reg_token`."""
+    if "encoder.vit.pos_embed" not in state:
+        return "dinov3"
+    return "dinov2_reg" if "encoder.vit.reg_token" in state else "dinov2"
+
+
+def infer_architecture(
+    state: dict[str, torch.Tensor], name: str | None = None
+) -> tuple[EncoderSpec, int, int]:
+    """(encoder spec, class count, input bands) from weights in our layout.
+
+    `name` is the encoder the checkpoint records (ours do); official checkpoints record none, and are matched by
+    family, width, depth and patch size (several DINOv3 entries share those: the first, i.e. the web-image one,
+    is taken; the normalisation recorded with the weights, if any, decides the input anyway).
+    """
     patch = state.get("encoder.vit.patch_embed.proj.weight")
-    for spec in ENCODER_SPECS.values():
-        if (spec.dim, spec.depth) != (dim, depth):
-            continue
-        if patch is not None and (patch.shape[-1], patch.shape[1]) != (spec.patch_size, spec.bands):
-            continue
-        return spec, int(state["head.output.2.weight"].shape[0])
-    raise SemisegError(f"no known encoder has width {dim} and {depth} blocks")
+    if patch is None or "head.output.2.weight" not in state:
+        raise SemisegError("weights hold no ViT encoder + DPT head (no patch embedding / output conv found)")
+    dim, bands, patch_size = patch.shape[0], patch.shape[1], patch.shape[-1]
+    depth = 1 + max(int(m[1]) for k in state if (m := re.match(r"encoder\.vit\.blocks\.(\d+)\.", k)))
+    nclass = int(state["head.output.2.weight"].shape[0])
+    family = _family_of(state)
+    candidates = [encoder_spec(name)] if name and is_encoder_name(name) else list(ENCODER_SPECS.values())
+    for spec in candidates:
+        if (spec.family, spec.dim, spec.depth, spec.patch_size) == (family, dim, depth, patch_size):
+            return spec, nclass, bands
+    raise SemisegError(
+        f"no known encoder{f' named {name!r}' if name else ''} is a {family} ViT of width {dim}, {depth} blocks "
+        f"and patch {patch_size}"
+    )
 
 
 def _load_weights(model: Segmentor, state: dict[str, torch.Tensor], source: str) -> None:
@@ -173,7 +194,8 @@ def load_model(path: str | os.PathLike, task: str | None = None, which: str = "a
     state, meta = _weights_and_meta(path, which)
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SemisegError(f"{path}: the weights entry is not a tensor dict")
-    spec, nclass = infer_architecture(state)
+    base, nclass, bands = infer_architecture(state, meta.get("encoder"))
+    spec = base.with_input(*_normalisation(meta, base, bands, path))
     recorded = meta.get("task")
     if task is not None and recorded is not None and task != recorded:
         raise SemisegError(f"{path} is a {recorded} checkpoint, but a {task} model was asked for")
@@ -184,7 +206,6 @@ def load_model(path: str | os.PathLike, task: str | None = None, which: str = "a
         )
     model = Segmentor(spec, nclass, resolved.fusion)
     _load_weights(model, state, str(path))
-    model.mean, model.std = _normalisation(meta, spec, path)
     meta.update(
         task=resolved.name,
         nclass=nclass,
@@ -200,7 +221,7 @@ def load_model(path: str | os.PathLike, task: str | None = None, which: str = "a
 
 
 def _normalisation(
-    meta: dict[str, Any], spec: EncoderSpec, path: Path
+    meta: dict[str, Any], spec: EncoderSpec, bands: int, path: Path
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The recorded mean/std (else the encoder's), checked: one value per input band, every std positive."""
     try:
@@ -208,9 +229,9 @@ def _normalisation(
         std = tuple(float(v) for v in meta.get("std", spec.std))
     except (TypeError, ValueError):
         raise SemisegError(f"{path}: its mean/std are not lists of numbers") from None
-    if len(mean) != spec.bands or len(std) != spec.bands:
+    if len(mean) != bands or len(std) != bands:
         raise SemisegError(
-            f"{path} records {len(mean)} means and {len(std)} stds, but its encoder takes {spec.bands} bands"
+            f"{path} records {len(mean)} means and {len(std)} stds, but its encoder takes {bands} bands"
         )
     if min(std) <= 0:
         raise SemisegError(f"{path} records a std of {min(std)}: every std must be positive")
@@ -278,6 +299,9 @@ def model_card(model: Segmentor, extra: dict[str, Any] | None = None) -> dict[st
         "pretrained_weights",
         "pretrained_license",
         "freeze_encoder",
+        "input_bands",
+        "rgb_bands",
+        "stretch",
     ):
         if recorded.get(key) is not None:
             card[key] = recorded[key]

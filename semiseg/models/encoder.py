@@ -1,10 +1,11 @@
-"""DINOv2 encoder: timm's ViT with the official position-embedding resampling and four tapped layers.
+"""The encoder: a ViT from timm returning four tapped layers, for every family in `semiseg.models.specs`.
 
-Why a subclass rather than `timm.create_model(..., dynamic_img_size=True)`: timm resamples the 37x37 position
+DINOv2 (the official UniMatch V2 encoders) is built by our `DinoV2` subclass. Why a subclass rather than `timm.create_model(..., dynamic_img_size=True)`: timm resamples the 37x37 position
 embeddings with an antialiased bicubic resize to the exact token grid, whereas the official DINOv2 code (and so every
 UniMatch V2 checkpoint) uses a plain bicubic resize driven by a scale factor with a +0.1 offset. The two differ
 enough to move logits, so we override that one method and keep everything else timm's (blocks, SDPA attention,
-weight layout).
+weight layout). DINOv2 with registers and DINOv3 are built by timm as they are (`timm.create_model`): no
+official checkpoint depends on their details, and timm's resampling matches their own code.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from timm.layers import SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 
 from semiseg.errors import SemisegError
+from semiseg.models.bands import adapt_patch_embedding
 from semiseg.models.specs import EncoderSpec, encoder_spec
 
 
@@ -63,31 +65,15 @@ class DinoV2(VisionTransformer):
 
 
 class Encoder(nn.Module):
-    """DINOv2 returning its four tapped layers, final-norm applied, CLS dropped, as B x C x H/p x W/p maps."""
+    """A ViT returning its four tapped layers, final norm applied, class and register tokens dropped, as
+    B x C x H/p x W/p maps. `self.vit` is the timm model (its state-dict keys are timm's)."""
 
     def __init__(self, size: str | EncoderSpec) -> None:
         super().__init__()
         spec = size if isinstance(size, EncoderSpec) else encoder_spec(size)
         self.size = spec.name
         self.spec = spec
-        extra: dict = {}
-        if spec.swiglu:
-            # DINOv2-g's SwiGLU hidden width is (int(4 * dim * 2 / 3) + 7) // 8 * 8 = 4096 for dim 1536. timm's
-            # packed SwiGLU takes the two gates as one fc1 of twice that width, hence mlp_ratio = 2 * 2.66667.
-            extra = dict(mlp_ratio=2.66667 * 2, mlp_layer=SwiGLUPacked, act_layer=nn.SiLU)
-        self.vit = DinoV2(
-            img_size=spec.pretrain_grid * spec.patch_size,
-            patch_size=spec.patch_size,
-            in_chans=spec.bands,
-            embed_dim=spec.dim,
-            depth=spec.depth,
-            num_heads=spec.heads,
-            init_values=1e-5,
-            num_classes=0,
-            global_pool="",
-            dynamic_img_size=True,
-            **extra,
-        )
+        self.vit = _build_vit(spec)
         self.embed_dim = spec.dim
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -101,22 +87,76 @@ class Encoder(nn.Module):
         )
 
     # ---- weights -------------------------------------------------------------------------------------------
-    def load_pretrained(self, weights: str | None) -> None:
-        """Load encoder weights from a local file (official DINOv2 or timm layout), a timm hub name, or nothing.
+    def load_pretrained(self, weights: str | None, rgb_bands: tuple[int, ...] | None = None) -> None:
+        """Load encoder weights from a local file, the timm hub, or nothing (random init).
 
-        `weights`: None (random init), a path to `dinov2_vit*14_pretrain.pth` / a timm state dict / safetensors,
-        or `hub` (the timm hub name of this size) / any `timm:<name>` string (needs network the first time).
+        `weights`: None (random init); a path to an official file (`dinov2_vit*14_pretrain.pth`,
+        `dinov2_vit*14_reg4_pretrain.pth`, `dinov3_vit*16_pretrain_*.pth`), a timm state dict or a safetensors
+        file; or `hub` (this encoder's timm hub name) / any `timm:<name>` (from the Hugging Face cache, else
+        downloaded once). RGB weights are adapted to the model's bands (`semiseg.models.bands`).
         """
         if weights in (None, "", "none", "random"):
             return
         if weights == "hub" or str(weights).startswith("timm:"):
             name = self.spec.hub_name if weights == "hub" else str(weights)[5:]
             if name is None:
-                raise SemisegError(f"encoder size {self.size!r} has no pretrained weights on the hub")
+                raise SemisegError(f"encoder {self.size!r} has no pretrained weights on the hub")
             state = _hub_state_dict(name)
         else:
-            state = read_state_dict(Path(weights))
-        self.vit.load_state_dict(convert_official_dinov2(state, self.vit), strict=True)
+            state = _to_timm_layout(read_state_dict(Path(weights)), self.vit, self.spec)
+        key = "patch_embed.proj.weight"
+        if key in state and state[key].shape[1] != self.spec.bands:
+            state = {**state, key: adapt_patch_embedding(state[key], self.spec.bands, rgb_bands)}
+        check_keys(state, self.vit.state_dict(), what="encoder")
+        self.vit.load_state_dict(state, strict=True)
+
+
+def _build_vit(spec: EncoderSpec) -> nn.Module:
+    """The timm model of `spec`'s family, at `spec.bands` input bands, random weights."""
+    if spec.family == "dinov2":
+        extra: dict = {}
+        if spec.swiglu:
+            # DINOv2-g's SwiGLU hidden width is (int(4 * dim * 2 / 3) + 7) // 8 * 8 = 4096 for dim 1536. timm's
+            # packed SwiGLU takes the two gates as one fc1 of twice that width, hence mlp_ratio = 2 * 2.66667.
+            extra = dict(mlp_ratio=2.66667 * 2, mlp_layer=SwiGLUPacked, act_layer=nn.SiLU)
+        return DinoV2(
+            img_size=spec.pretrain_grid * spec.patch_size,
+            patch_size=spec.patch_size,
+            in_chans=spec.bands,
+            embed_dim=spec.dim,
+            depth=spec.depth,
+            num_heads=spec.heads,
+            init_values=1e-5,
+            num_classes=0,
+            global_pool="",
+            dynamic_img_size=True,
+            **extra,
+        )
+    import timm
+
+    size = {"img_size": spec.pretrain_grid * spec.patch_size} if spec.family == "dinov2_reg" else {}
+    return timm.create_model(
+        spec.arch, pretrained=False, in_chans=spec.bands, num_classes=0, global_pool="", dynamic_img_size=True,
+        **size, **dict(spec.arch_overrides),
+    )  # fmt: skip
+
+
+def _to_timm_layout(
+    state: dict[str, torch.Tensor], vit: nn.Module, spec: EncoderSpec
+) -> dict[str, torch.Tensor]:
+    """A weights file in timm's layout, whichever layout it came in (official DINOv2 / DINOv3 or timm's)."""
+    if spec.family == "dinov2":
+        return convert_official_dinov2(state, vit)
+    if not any(k in state for k in ("register_tokens", "storage_tokens", "mask_token")):
+        return state  # already timm's
+    import timm.models.eva as eva
+    import timm.models.vision_transformer as vit_module
+
+    # timm's own converters rename the official keys (they leave the patch embedding's band count alone: the
+    # RGB filters are adapted to the model's bands afterwards).
+    if spec.family == "dinov2_reg":
+        return vit_module.checkpoint_filter_fn(state, vit)
+    return eva.checkpoint_filter_fn(state, vit)
 
 
 def _hub_state_dict(name: str) -> dict[str, torch.Tensor]:
@@ -141,9 +181,22 @@ def _hub_state_dict(name: str) -> dict[str, torch.Tensor]:
 
 
 def _weights_hint(cfg) -> str:
+    """Which file to fetch on a machine with network, and the two places it can go."""
     url = getattr(cfg, "url", None)
-    source = f"download {url}" if url else "download the encoder's official weights"
-    return f"{source} on a machine with network and pass its path as model.weights (or model.weights=null)"
+    repo = getattr(cfg, "hf_hub_id", None)
+    if url:
+        source = f"download {url}"
+    elif repo:
+        source = f"download https://huggingface.co/{repo}/resolve/main/model.safetensors"
+    else:
+        source = "download the encoder's official weights"
+    cache = (
+        f" (or fill the Hugging Face cache there with `hf download {repo}` and copy it here)" if repo else ""
+    )
+    return (
+        f"{source} on a machine with network and pass its path as model.weights{cache}; model.weights=null "
+        "trains from random weights"
+    )
 
 
 def _hub_cached(cfg) -> bool:
@@ -200,7 +253,7 @@ def convert_official_dinov2(state: dict[str, torch.Tensor], vit: nn.Module) -> d
     timm's own DINOv2 checkpoint filter does the same renaming, but it also resamples `pos_embed` (with
     antialiasing) whenever shapes differ, which would silently change a mismatched file instead of refusing it.
 
-    Also checks the key sets so a wrong file fails with the names of what is missing or unexpected.
+    The caller checks the key sets (after adapting the bands), so a wrong file fails naming what is missing.
     """
     out = {}
     for key, value in state.items():
@@ -208,7 +261,6 @@ def convert_official_dinov2(state: dict[str, torch.Tensor], vit: nn.Module) -> d
             continue
         key = key.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")
         out[key] = value
-    check_keys(out, vit.state_dict(), what="encoder")
     return out
 
 

@@ -119,8 +119,18 @@ class Segmentor(nn.Module):
         return enc, rest
 
 
-def build_model(encoder: str, nclass: int, fusion: str = "identity", weights: str | None = None) -> Segmentor:
-    """A fresh model, with encoder weights from `weights` (a file, `hub`, or None for random init)."""
+def build_model(
+    encoder: str | EncoderSpec,
+    nclass: int,
+    fusion: str = "identity",
+    weights: str | None = None,
+    rgb_bands: tuple[int, ...] | None = None,
+) -> Segmentor:
+    """A fresh model, with encoder weights from `weights` (a file, `hub`, or None for random init).
+
+    `encoder` is a name or a spec (`spec.with_input(mean, std)` for other bands); `rgb_bands` says which input
+    bands are red, green, blue when RGB weights are adapted to them (see `semiseg.models.bands`).
+    """
     model = Segmentor(encoder, nclass, fusion)
-    model.encoder.load_pretrained(weights)
+    model.encoder.load_pretrained(weights, rgb_bands)
     return model

@@ -22,6 +22,7 @@ from semiseg.data.build import DataBundle, build
 from semiseg.errors import SemisegError
 from semiseg.inference import evaluate
 from semiseg.methods.base import Batch
+from semiseg.models.specs import EncoderSpec
 from semiseg.task import Task, get_task
 from semiseg.train.distributed import DistInfo, cleanup, init_distributed
 from semiseg.train.run_folder import RunFolder
@@ -141,6 +142,14 @@ class TrainLoaders:
         return self._loader(self.data.val, 1, sampler, min(self.cfg.data.workers, 2), False, -1)
 
 
+def weights_notice(weights: str | None, spec: EncoderSpec) -> str | None:
+    """The licence of the pretrained weights a run starts from, said once at the start (DINOv3's licence has
+    terms on redistribution that a user must know before publishing a model)."""
+    if not weights or not spec.weights_license:
+        return None
+    return f"pretrained weights {weights}: licence {spec.weights_license}"
+
+
 def _fit(
     cfg: Config,
     folder: RunFolder,
@@ -176,6 +185,13 @@ def _fit(
         f"{loaders.iters_per_epoch} iters/epoch x {cfg.train.epochs} epochs | {info.world_size} process(es) on {device}"
         + (f" | {loaders.accumulate} micro-batches per step" if loaders.accumulate > 1 else "")
     )
+    spec = step.model.spec
+    log.info(
+        f"input: {spec.bands} band(s){f' (raster bands {cfg.data.bands})' if cfg.data.bands else ''}, patch "
+        f"{spec.patch_size}, mean {[round(v, 4) for v in spec.mean]}, std {[round(v, 4) for v in spec.std]}"
+    )
+    if notice := weights_notice(cfg.model.weights, spec):
+        log.info(notice)
     if step.ema is not None and cfg.method.teacher == "student":
         log.info(
             "the student makes the pseudo-labels: the EMA model is kept and evaluated for information only"

@@ -168,6 +168,9 @@ def checkpoint_payload(
                 "pretrained_weights": cfg.model.weights,
                 "freeze_encoder": cfg.model.freeze_encoder,
                 "pretrained_license": model.spec.weights_license if cfg.model.weights else None,
+                "input_bands": d.bands,
+                "rgb_bands": cfg.model.rgb_bands,
+                "stretch": d.stretch,
             },
         ),
     }

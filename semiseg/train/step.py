@@ -37,12 +37,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from semiseg.config import Config
+from semiseg.config import Config, model_spec
 from semiseg.devices import AMP_DTYPES
 from semiseg.errors import SemisegError
 from semiseg.methods.base import Batch, Method, Models
 from semiseg.models.segmentor import Segmentor, build_model
-from semiseg.models.specs import encoder_spec
 from semiseg.registry import build_method
 from semiseg.task import get_task
 from semiseg.train.distributed import DistInfo, broadcast_flag
@@ -106,11 +105,12 @@ class TrainStep:
         `pretrained` is False (a resume, whose checkpoint replaces every weight anyway). The method is built
         before the model, so the model's random initialisation draws from the seeded generator in the same order
         in every run."""
-        spec = encoder_spec(cfg.model.encoder)
+        spec = model_spec(cfg)
         method = build_method(cfg, spec.mean, spec.std)
         fusion = get_task(cfg.task).fusion
         weights = cfg.model.weights if pretrained else None
-        model = build_model(cfg.model.encoder, cfg.data.nclass, fusion, weights).to(device)
+        rgb_bands = None if cfg.model.rgb_bands is None else tuple(cfg.model.rgb_bands)
+        model = build_model(spec, cfg.data.nclass, fusion, weights, rgb_bands).to(device)
         if cfg.model.freeze_encoder:
             model.freeze_encoder()  # before the optimiser is built: its encoder group stays empty
         ema = EMA(model, cfg.method.ema_decay) if method.uses_ema else None
