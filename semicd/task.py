@@ -12,7 +12,8 @@ from semicd import recipe
 from semiseg.task import DatasetSpec, Task
 
 # `data.*` keys each kind of change-detection data reads beyond the common ones.
-TILE_KEYS = frozenset({"root", "split", "unlabeled_root", "unlabeled_list", "val_list"})
+TILE_KEYS = frozenset({"root", "split", "unlabeled_root", "unlabeled_list", "val_list", "bands", "stretch"})
+OSCD_KEYS = frozenset({"root", "split", "unlabeled_list", "val_list", "bands", "stretch"})
 SCENE_KEYS = frozenset(
     {"before", "after", "label", "window", "bands", "min_valid", "areas", "fractions", "stretch"}
 )
@@ -28,6 +29,12 @@ def _scene(cfg: Any, request: Any) -> Any:
     from semicd.data.build import build_scene_pair
 
     return build_scene_pair(cfg, request)
+
+
+def _oscd(cfg: Any, request: Any) -> Any:
+    from semicd.data.build import build_oscd
+
+    return build_oscd(cfg, request)
 
 
 def _scores(cm: Any) -> dict:
@@ -55,7 +62,17 @@ TASK = Task(
     datasets={
         "levir_cd": _tile_dataset("LEVIR-CD cut into 256 px tiles (`semicd prepare levir`): A/, B/, label/"),
         "whu_cd": _tile_dataset("WHU-CD cut into 256 px tiles (`semicd prepare whu`): A/, B/, label/"),
-        "change_tiles": _tile_dataset("any A/, B/, label/ tile folder with name lists", nsample=None),
+        "change_tiles": _tile_dataset(
+            "any A/, B/, label/ tile folder with name lists (PNG, or GeoTIFF tiles of any band count with "
+            "`data.bands`)",
+            nsample=None,
+        ),
+        "oscd": DatasetSpec(
+            _oscd,
+            OSCD_KEYS,
+            {"data": {"val_list": "test", "nsample": recipe.SUPERVISED_NSAMPLE}},
+            "OSCD Sentinel-2 cities, 13 bands resampled to 10 m (the release's folders; `datasets/README.md`)",
+        ),
         "geotiff_pair": DatasetSpec(
             _scene,
             SCENE_KEYS,

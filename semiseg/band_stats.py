@@ -99,8 +99,10 @@ def raster_band_stats(
             f"band-stats measures its own limits; --stretch may only give fixed ones, not {rule}"
         )
     limits = None
-    if dtypes != {"uint8"}:
-        limits = rule.fixed_limits(len(selected)) if rule else percentile_limits(pooled)
+    if rule is not None:  # given limits apply to any dtype, as in training
+        limits = rule.fixed_limits(len(selected))
+    elif dtypes != {"uint8"}:
+        limits = percentile_limits(pooled)
     acc = BandAccumulator(len(selected))
     for i, values in enumerate(pooled):
         scaled = apply_stretch(values[None, None, :], None if limits is None else [limits[i]])[0, 0]

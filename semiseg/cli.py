@@ -269,6 +269,8 @@ def cmd_band_stats(task: Task) -> Handler:
             stats = dataset_band_stats(_training_sets(args, task), args.max_samples)
         else:
             raise SemisegError("band-stats needs rasters to measure, or --config to measure its training set")
+        if args.out and not Path(args.out).resolve().parent.is_dir():
+            raise SemisegError(f"output folder does not exist: {Path(args.out).parent}")
         if args.out:
             base = None
             if args.config:
@@ -413,7 +415,7 @@ def add_reading_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stretch", type=stretch_rule, default=None,
         help="how non-8-bit inputs reach 0..255: shared (2-98 %% percentiles of all dates pooled), per-date, "
-        "none (clip), fixed:MIN,MAX, or auto (uint8 as is, else shared) (default: what the model was trained "
+        "none (clip), fixed:MIN,MAX (or one MIN,MAX per band, ;-separated), or auto (uint8 as is, else shared) (default: what the model was trained "
         "with, else auto)",
     )  # fmt: skip
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped prediction")

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import yaml
 
 from semiseg.errors import SemisegError, did_you_mean
-from semiseg.models.specs import ENCODER_SPECS, EncoderSpec, encoder_spec, is_encoder_name
+from semiseg.models.specs import ENCODER_SPECS, EncoderSpec, encoder_names, encoder_spec, is_encoder_name
 from semiseg.registry import EXTRAS, METHODS
 from semiseg.task import DatasetSpec, Task, get_task, tasks
 
@@ -569,7 +569,7 @@ def validate(cfg: Config, task: Task | None = None) -> Config:
     task = task or get_task(cfg.task)
     if not is_encoder_name(cfg.model.encoder):
         raise SemisegError(
-            f"model.encoder: unknown encoder {cfg.model.encoder!r}{did_you_mean(cfg.model.encoder, ENCODER_SPECS)}; "
+            f"model.encoder: unknown encoder {cfg.model.encoder!r}{did_you_mean(cfg.model.encoder, encoder_names(aliases=True))}; "
             f"choose one of {', '.join(ENCODER_SPECS)}"
         )
     spec = model_spec(cfg)
@@ -626,6 +626,11 @@ def model_spec(cfg: Config) -> EncoderSpec:
         )
     if cfg.model.rgb_bands is not None:
         check_rgb_bands(cfg.model.rgb_bands, spec.bands)
+    if spec.bands != 3 and "bands" not in get_task(cfg.task).dataset(d.dataset).keys:
+        raise SemisegError(
+            f"data.dataset={d.dataset} reads RGB images only, but data.mean gives {spec.bands} bands: other band "
+            "counts need a dataset that reads bands (change_tiles with GeoTIFF tiles, geotiff_pair, oscd)"
+        )
     return spec
 
 

@@ -100,6 +100,23 @@ def bands_trained_with(model: Segmentor) -> list[int] | None:
     return [int(b) for b in bands] if bands else None
 
 
+def check_trained_bands_exist(rasters: Sequence[str | os.PathLike], bands: Sequence[int]) -> None:
+    """The raster bands the model was trained on must exist in every input (said as such, not as a bad --bands)."""
+    import rasterio
+
+    for path in rasters:
+        try:
+            with rasterio.open(path) as ds:
+                count = ds.count
+        except rasterio.errors.RasterioError:
+            return  # an unreadable file: opening the scene says what is wrong with it
+        if max(bands) > count:
+            raise SemisegError(
+                f"the model was trained on raster bands {list(bands)} but {path} has {count}: choose the matching "
+                "bands with --bands"
+            )
+
+
 def check_band_count(found: int, wanted: int, raster: str | os.PathLike, bands: Sequence[int] | None) -> None:
     """One line when the scene's bands are not the model's: a model never guesses which bands are which."""
     if found == wanted:
@@ -114,7 +131,7 @@ def check_band_count(found: int, wanted: int, raster: str | os.PathLike, bands: 
     elif found > wanted:
         hint = f" (e.g. --bands {','.join(str(b) for b in range(1, wanted + 1))}{' if those are red, green, blue' if wanted == 3 else ''})"
     else:
-        hint = ""
+        hint = " (or train a model for these bands: data.mean/data.std, measured by band-stats)"
     raise SemisegError(
         f"the model was trained on {kind} but {raster} has {found}: choose {wanted} with --bands{hint}"
     )
@@ -193,8 +210,8 @@ def predict_scene(
     """Tile-and-predict a scene (one raster per date, in the model's date order) into a georeferenced class map.
 
     `options` go to `semiseg.geo.predict.predict_raster` (window, overlap, batch_size, num_workers, probs_path,
-    polygons_path, threshold, tta, min_area_m2, simplify). `bands` (1-based) default to the first as many as the
-    encoder takes, skipping an alpha band; the rasters are checked before any compute; nodata also shapes the
+    polygons_path, threshold, tta, min_area_m2, simplify). `bands` (1-based) default to the ones the model was
+    trained on, else all but an alpha band (which must then be as many as the model takes); the rasters are checked before any compute; nodata also shapes the
     stretch of non-uint8 inputs, so it goes to the scene, not only to the writer. `stretch` defaults to the rule
     the model was trained with (`auto` when unknown). A scene above `LARGE_SCENE_MEGAPIXELS` needs `yes=True`.
     """
@@ -205,7 +222,8 @@ def predict_scene(
         raise SemisegError(f"this model takes {model.num_images} raster(s) per scene, got {len(rasters)}")
     check_rasters_exist(rasters)
     stretch = stretch or stretch_trained_with(model)
-    bands = bands or bands_trained_with(model)
+    if not bands and (bands := bands_trained_with(model)):
+        check_trained_bands_exist(rasters, bands)
     scene = open_scene(list(rasters), align=align, bands=bands, nodata=nodata, stretch=stretch)
     check_band_count(scene.num_bands, model.spec.bands, rasters[0], bands)
     predictor = make_predictor(model, device, amp)

@@ -80,3 +80,59 @@ def make_change_tiles(root: Path, n_labeled: int = 4, n_unlabeled: int = 8, n_te
     (root / "test.txt").write_text("\n".join(names["test"]) + "\n")
     (root / "val.txt").write_text("\n".join(names["test"][:2]) + "\n")
     return split
+
+
+def make_oscd(root: Path, train=("paris", "rennes", "pisa"), test=("milano",), size: int = 40) -> Path:
+    """A tiny OSCD release: 13 uint16 band files per date at 10/20/60 m sizes (size, size/2, ~size/6), change
+    masks 0/255, the release's comma-separated train.txt / test.txt. Returns `root`."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from semicd.data.oscd import BANDS, IMAGES, LABELS
+
+    coarse = {"B01": 6, "B09": 6, "B10": 6, "B05": 2, "B06": 2, "B07": 2, "B8A": 2, "B11": 2, "B12": 2}
+    images = root / IMAGES
+    images.mkdir(parents=True, exist_ok=True)
+    (images / "train.txt").write_text(",".join(train))
+    (images / "test.txt").write_text(",".join(test))
+    rng = np.random.default_rng(0)
+    for split, cities in (("train", train), ("test", test)):
+        for city in cities:
+            mask = np.zeros((size, size), np.uint8)
+            mask[size // 4 : size // 2, size // 3 : size // 2 + 5] = 255
+            for date in (1, 2):
+                folder = images / city / f"imgs_{date}_rect"
+                folder.mkdir(parents=True, exist_ok=True)
+                for band in BANDS:
+                    side = -(-size // coarse.get(band, 1))
+                    data = rng.integers(500, 1500, (side, side)).astype(np.uint16)
+                    if date == 2:
+                        grid = mask[:: coarse.get(band, 1), :: coarse.get(band, 1)]
+                        data[grid[:side, :side] > 0] += 2000
+                    with rasterio.open(folder / f"{band}.tif", "w", driver="GTiff", width=side, height=side,
+                                       count=1, dtype="uint16", crs="EPSG:32631",
+                                       transform=from_origin(4e5, 5e6, 10 * coarse.get(band, 1), 10 * coarse.get(band, 1))) as ds:  # fmt: skip
+                        ds.write(data, 1)
+            cm = root / LABELS[split] / city / "cm"
+            cm.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask).save(cm / "cm.png")
+    return root
+
+
+def load_shipped_config(path: Path):
+    """A shipped config as the tests see it. A multispectral one (bands, no statistics) must first refuse to load,
+    pointing to band-stats (its statistics are measured on the user's copy); it then loads with placeholders."""
+    import pytest
+    import yaml
+
+    from semiseg.config import load_config
+    from semiseg.errors import SemisegError
+
+    raw = yaml.safe_load(Path(path).read_text())
+    data = raw.get("data") or {}
+    if not (data.get("bands") and "mean" not in data):
+        return load_config(path)
+    with pytest.raises(SemisegError, match="band-stats"):
+        load_config(path)
+    n = len(data["bands"])
+    return load_config(path, [f"data.mean={[0.5] * n}", f"data.std={[0.25] * n}"])

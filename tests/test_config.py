@@ -8,10 +8,12 @@ import typing
 from pathlib import Path
 
 import pytest
+from fakes import load_shipped_config
 
 from semiseg.config import DataConfig, MethodConfig, TrainConfig, config_yaml, load_config
 from semiseg.data.geometry import geometry_from_config
 from semiseg.errors import SemisegError
+from semiseg.models.specs import encoder_spec
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -19,13 +21,13 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_shipped_configs_validate(path):
-    cfg = load_config(path)
-    assert cfg.data.crop_size % 14 == 0
+    cfg = load_shipped_config(path)
+    assert cfg.data.crop_size % encoder_spec(cfg.model.encoder).patch_size == 0
     assert cfg.optim.lr == 5.0e-6 and cfg.optim.lr_multi == 40 and cfg.method.conf_thresh == 0.95
 
 
 def test_paper_settings_per_benchmark():
-    by_name = {p.stem: load_config(p) for p in CONFIGS}
+    by_name = {p.stem: load_shipped_config(p) for p in CONFIGS}
     assert (by_name["pascal"].data.crop_size, by_name["pascal"].train.epochs) == (518, 60)
     city = by_name["cityscapes"]
     assert (city.data.crop_size, city.train.epochs, city.eval.mode, city.method.loss) == (

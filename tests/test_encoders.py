@@ -233,3 +233,82 @@ def test_bands_without_statistics_point_to_band_stats():
     with pytest.raises(SemisegError, match="band-stats"):
         load_config(None, ["data.dataset=geotiff_pair", "data.bands=[1,2,3,4]", "model.encoder=tiny"],
                     task="change_detection")  # fmt: skip
+
+
+def test_rgb_bands_reorder_a_three_band_model_too(tmp_path):
+    from safetensors.torch import save_file
+
+    rgb = Encoder("tiny")
+    _randomise(rgb)
+    state = {k: v.contiguous() for k, v in rgb.vit.state_dict().items()}
+    path = tmp_path / "rgb.safetensors"
+    save_file(state, str(path))
+    bgr = Encoder("tiny")
+    bgr.load_pretrained(str(path), rgb_bands=(3, 2, 1))
+    torch.testing.assert_close(bgr.vit.patch_embed.proj.weight, state["patch_embed.proj.weight"].flip(1))
+
+
+def test_a_weights_file_of_another_family_is_one_line(tmp_path):
+    plain = Encoder("tiny")
+    state = {k: v for k, v in plain.vit.state_dict().items()}
+    state["mask_token"] = torch.zeros(1, 48)  # as in an official DINOv2 file
+    path = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save(state, path)
+    with pytest.raises(
+        SemisegError, match="holds a DINOv2 encoder, but model.encoder=tiny_reg is dinov2_reg"
+    ):
+        Encoder("tiny_reg").load_pretrained(str(path))
+
+
+@pytest.mark.parametrize(
+    "mean,std,message",
+    [([float("nan")] * 3, [0.2] * 3, "must be a number"), ([0.5] * 3, [float("inf")] * 3, "positive number")],
+)
+def test_statistics_must_be_finite(mean, std, message):
+    with pytest.raises(SemisegError, match=message):
+        load_config(None, [f"data.mean={mean}".replace("nan", ".nan"), f"data.std={std}".replace("inf", ".inf"),
+                           "data.nclass=2"])  # fmt: skip
+
+
+def test_rgb_only_datasets_refuse_other_band_counts():
+    with pytest.raises(SemisegError, match="data.dataset=pascal reads RGB images only"):
+        load_config(None, ["data.dataset=pascal", "data.mean=[0.5,0.5,0.5,0.5]", "data.std=[0.2,0.2,0.2,0.2]"],
+                    task="segmentation")  # fmt: skip
+
+
+def test_resuming_with_other_bands_is_refused_in_one_line(tmp_path, capsys):
+    paths = _four_band_pair(tmp_path)
+    common = ["--set", f"data.before={paths['before']}", f"data.after={paths['after']}", f"data.label={paths['label']}",
+              "data.dataset=geotiff_pair", "data.root=null", "data.split=null", "data.val_list=null", "data.window=48",
+              "data.crop_size=32", "data.batch_size=2", "data.workers=0", "data.fractions=[0.25,0.25]",
+              "model.encoder=tiny_dinov3", "model.weights=null", "train.epochs=2", "train.max_iters=1",
+              "train.global_batch=null", "method.conf_thresh=0.5"]  # fmt: skip
+    run = tmp_path / "run"
+    assert semicd_main(["train", "--out", str(run), *common]) == 0
+    model = load_model(run / "latest.pt")
+    assert model.meta["input_bands"] == [1, 2, 3]  # the bands training read, recorded though not configured
+    capsys.readouterr()
+    four = [
+        "data.bands=[1,2,3,4]",
+        "data.mean=[0.5,0.5,0.5,0.5]",
+        "data.std=[0.2,0.2,0.2,0.2]",
+        "train.max_iters=2",
+    ]
+    assert semicd_main(["train", "--out", str(run), *common, *four]) == 2
+    err = capsys.readouterr().err
+    assert "was trained with data.bands=None" in err and len(err.strip().splitlines()) == 1
+
+
+def test_band_stats_applies_a_given_stretch_to_8_bit_data_and_refuses_a_missing_out_folder(tmp_path, capsys):
+    data = np.tile(np.arange(0, 200, dtype=np.uint8), (3, 200, 1))
+    path = tmp_path / "u8.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=200, height=200, count=3, dtype="uint8",
+                       crs="EPSG:32618", transform=from_origin(5e5, 4e6, 1, 1)) as ds:  # fmt: skip
+        ds.write(data)
+    assert semicd_main(["band-stats", str(path), "--stretch", "fixed:0,100"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["mean"][0] == pytest.approx(
+        (np.clip(np.arange(200) * 2.55, 0, 255).round() / 255).mean(), abs=1e-3
+    )
+    assert semicd_main(["band-stats", str(path), "--out", str(tmp_path / "nope" / "s.yaml")]) == 2
+    assert "output folder does not exist" in capsys.readouterr().err

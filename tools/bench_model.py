@@ -157,7 +157,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Forward and forward+backward time (median after warm-up) and peak memory of one model, "
         "one JSON object per (crop, batch) configuration."
     )
-    p.add_argument("--encoder", default="small", help="tiny|small|base|large|giant (default small)")
+    p.add_argument(
+        "--encoder", default="small", help="any model.encoder name, e.g. base, dinov3_base (default small)"
+    )
     p.add_argument("--crop", type=int, nargs="+", default=[252], help="square input sides, multiples of 14")
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes")
     p.add_argument("--task", choices=sorted(tasks()), default="segmentation")

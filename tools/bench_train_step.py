@@ -55,7 +55,7 @@ from semiseg.task import get_task, tasks  # noqa: E402
 OFFICIAL_SIZES = {
     name: (spec.head.features, list(spec.head.out_channels))
     for name, spec in ENCODER_SPECS.items()
-    if spec.hub_name
+    if spec.hub_name and spec.family == "dinov2"  # the official code builds DINOv2 only
 }
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from semicd import recipe
+from semicd.data.multiband import read_band_pair
 from semiseg.data.geometry import GeometryConfig
 from semiseg.data.lists import find_list, read_name_list
 from semiseg.data.sample import CropDataset, Raw
@@ -93,6 +94,22 @@ def read_change_label(path: Path) -> np.ndarray:
     return label_to_binary(array, str(path))
 
 
+def tile_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header: PIL for ordinary images, rasterio for GeoTIFFs PIL cannot read
+    (more than 4 bands, 16-bit multiband)."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except OSError:
+        import rasterio
+
+        try:
+            with rasterio.open(path) as ds:
+                return ds.width, ds.height
+        except rasterio.errors.RasterioError as err:
+            raise SemisegError(f"cannot read tile {path}: {err}") from None
+
+
 def _missing_message(folder: Path, missing: list[str]) -> str:
     shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
     return f"{len(missing)} tile(s) missing in {folder}: {shown}"
@@ -127,10 +144,7 @@ def check_tiles(
         return
     mismatched = []
     for n in names:
-        sizes = []
-        for sub in folders:
-            with Image.open(resolve_tile(root / sub, n)) as im:
-                sizes.append(im.size)
+        sizes = [tile_size(resolve_tile(root / sub, n)) for sub in folders]
         if len(set(sizes)) > 1:
             mismatched.append(f"{n} ({' vs '.join(f'{w}x{h}' for w, h in sizes)})")
     if mismatched:
@@ -156,11 +170,17 @@ class ChangeTileDataset(CropDataset):
         geometry: GeometryConfig | None = None,
         nsample: int | None = None,
         seed: int = 0,
+        bands: Sequence[int] | None = None,
+        stretch: str | None = None,
     ) -> None:
         if not names:
             raise SemisegError(f"no tile names given for {root} ({mode}): check the split list")
         super().__init__(names, mode, geometry if geometry is not None else CD_GEOMETRY, nsample, seed)
         self.root = Path(root)
+        # Multiband reading (GeoTIFF tiles of any band count and dtype) when bands or a stretch are asked for;
+        # otherwise tiles are RGB images, read as the official code reads them.
+        self.bands = tuple(bands) if bands else None
+        self.stretch = stretch
 
     @property
     def names(self) -> list[str]:
@@ -178,19 +198,23 @@ class ChangeTileDataset(CropDataset):
     def read(self, index: int) -> Raw:
         name = self.items[index]
         path_a, path_b = self._path("A", name), self._path("B", name)
-        image_a, image_b = read_rgb(path_a), read_rgb(path_b)
+        valid = None
+        if self.bands is not None or self.stretch is not None:
+            (image_a, image_b), valid = read_band_pair([path_a, path_b], self.bands, self.stretch or "auto")
+        else:
+            image_a, image_b = read_rgb(path_a), read_rgb(path_b)
         if image_a.shape != image_b.shape:
             raise SemisegError(
                 f"{path_a} is {image_a.shape[1]}x{image_a.shape[0]} but {path_b} is "
                 f"{image_b.shape[1]}x{image_b.shape[0]}: before and after tiles must have the same size"
             )
         if self.mode == "train_u":
-            return [image_a, image_b], None, None
+            return [image_a, image_b], None, valid
         path_l = self._path("label", name)
         label = read_change_label(path_l)
         if label.shape != image_a.shape[:2]:
             raise SemisegError(f"{path_l} does not have the size of {path_a}: labels must match the tiles")
-        return [image_a, image_b], label, None
+        return [image_a, image_b], label, valid
 
 
 def _names(given: Sequence[str] | str | Path | None, fallback: Path | None) -> list[str] | None:
@@ -217,6 +241,8 @@ def build_change_tile_datasets(
     training: bool = True,
     with_unlabeled: bool = True,
     nsample: int | None = None,
+    bands: Sequence[int] | None = None,
+    stretch: str | None = None,
 ) -> tuple[ChangeTileDataset | None, ChangeTileDataset | None, ChangeTileDataset]:
     """The (labeled, unlabeled, eval) datasets of one semi-supervised change-detection run.
 
@@ -227,7 +253,8 @@ def build_change_tile_datasets(
     over the unlabeled set. Without an unlabeled list (supervised runs) the unlabeled dataset is None and the
     labeled list is repeated to `nsample` instead. `unlabeled_root` lets unlabeled tiles live in another folder
     (large-scale setting). `training=False` reads and checks only the evaluation list, `with_unlabeled=False`
-    leaves the unlabeled list alone (supervised runs).
+    leaves the unlabeled list alone (supervised runs). `bands`/`stretch` read GeoTIFF tiles of any band count
+    and dtype (`semicd.data.multiband`).
     """
     root = Path(root)
     split = Path(split_dir) if split_dir is not None else None
@@ -263,10 +290,11 @@ def build_change_tile_datasets(
             check_tiles(u_root, unlabeled_names, require_label=False)
     geometry = geometry if geometry is not None else cd_geometry(crop_size)
     labeled_ds = unlabeled_ds = None
+    reading = {"seed": seed, "bands": bands, "stretch": stretch}
     if unlabeled_names is not None:
-        unlabeled_ds = ChangeTileDataset(u_root, unlabeled_names, "train_u", geometry, seed=seed)
+        unlabeled_ds = ChangeTileDataset(u_root, unlabeled_names, "train_u", geometry, **reading)
     if labeled_names is not None:
         count = len(unlabeled_names) if unlabeled_names is not None else nsample
-        labeled_ds = ChangeTileDataset(root, labeled_names, "train_l", geometry, nsample=count, seed=seed)
-    eval_ds = ChangeTileDataset(root, eval_list_names, "val", seed=seed)
+        labeled_ds = ChangeTileDataset(root, labeled_names, "train_l", geometry, nsample=count, **reading)
+    eval_ds = ChangeTileDataset(root, eval_list_names, "val", **reading)
     return labeled_ds, unlabeled_ds, eval_ds

@@ -40,12 +40,15 @@ class DataRequest:
 
 @dataclass
 class DataBundle:
-    """The datasets of a run; `labeled`/`unlabeled` are None when the stage or method does not use them."""
+    """The datasets of a run; `labeled`/`unlabeled` are None when the stage or method does not use them.
+    `input_bands` (the raster bands the datasets read, defaults included) goes into checkpoints so prediction
+    reads the same ones."""
 
     labeled: Dataset | None
     unlabeled: Dataset | None
     val: Dataset
     classes: list[str]
+    input_bands: list[int] | None = None  # raster bands read (1-based), when the data are rasters
 
 
 def require_root(cfg: Config) -> Path:

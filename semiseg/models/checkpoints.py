@@ -10,6 +10,7 @@ Formats:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 import re
@@ -229,12 +230,18 @@ def _normalisation(
         std = tuple(float(v) for v in meta.get("std", spec.std))
     except (TypeError, ValueError):
         raise SemisegError(f"{path}: its mean/std are not lists of numbers") from None
+    if "mean" not in meta and bands != spec.bands:
+        raise SemisegError(
+            f"{path} takes {bands} bands but records no mean/std for them (export it with its metadata)"
+        )
     if len(mean) != bands or len(std) != bands:
         raise SemisegError(
             f"{path} records {len(mean)} means and {len(std)} stds, but its encoder takes {bands} bands"
         )
-    if min(std) <= 0:
-        raise SemisegError(f"{path} records a std of {min(std)}: every std must be positive")
+    if not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise SemisegError(
+            f"{path} records mean {list(mean)} and std {list(std)}: every std must be a positive number"
+        )
     return mean, std
 
 

@@ -105,7 +105,8 @@ class Encoder(nn.Module):
         else:
             state = _to_timm_layout(read_state_dict(Path(weights)), self.vit, self.spec)
         key = "patch_embed.proj.weight"
-        if key in state and state[key].shape[1] != self.spec.bands:
+        reordered = rgb_bands is not None and tuple(rgb_bands) != (1, 2, 3)
+        if key in state and (state[key].shape[1] != self.spec.bands or reordered):
             state = {**state, key: adapt_patch_embedding(state[key], self.spec.bands, rgb_bands)}
         check_keys(state, self.vit.state_dict(), what="encoder")
         self.vit.load_state_dict(state, strict=True)
@@ -148,15 +149,50 @@ def _to_timm_layout(
     if spec.family == "dinov2":
         return convert_official_dinov2(state, vit)
     if not any(k in state for k in ("register_tokens", "storage_tokens", "mask_token")):
-        return state  # already timm's
+        return state  # already timm's (check_keys names what does not fit)
+    marker = {"dinov2_reg": "register_tokens", "dinov3": "storage_tokens"}[spec.family]
+    if marker not in state:
+        found = (
+            "DINOv3"
+            if "storage_tokens" in state
+            else "DINOv2 with registers"
+            if "register_tokens" in state
+            else "DINOv2"
+        )
+        raise SemisegError(
+            f"the weights file holds a {found} encoder, but model.encoder={spec.name} is {spec.family}"
+        )
+    return _timm_converted(state, vit, spec)
+
+
+def _timm_converted(
+    state: dict[str, torch.Tensor], vit: nn.Module, spec: EncoderSpec
+) -> dict[str, torch.Tensor]:
+    """Official DINOv2-reg / DINOv3 keys renamed by timm's own converters (they leave the patch embedding's band
+    count alone: the RGB filters are adapted to the model's bands afterwards). timm's DINOv3 converter drops the
+    attention `qkv.bias` of the models built without one, which is only right when the file's biases are zero:
+    checked here. Its notes on stdout are silenced (they would break commands that print JSON)."""
+    import contextlib
+    import io
+
     import timm.models.eva as eva
     import timm.models.vision_transformer as vit_module
 
-    # timm's own converters rename the official keys (they leave the patch embedding's band count alone: the
-    # RGB filters are adapted to the model's bands afterwards).
-    if spec.family == "dinov2_reg":
-        return vit_module.checkpoint_filter_fn(state, vit)
-    return eva.checkpoint_filter_fn(state, vit)
+    if spec.family == "dinov3":
+        biased = [k for k, v in state.items() if k.endswith("qkv.bias") and v.abs().max() > 0]
+        if biased:
+            raise SemisegError(
+                f"this DINOv3 file has non-zero attention biases ({biased[0]}): it is a `_qkvb` variant, which "
+                "this toolkit does not build; use the timm hub weights of the same model instead"
+            )
+    convert = vit_module.checkpoint_filter_fn if spec.family == "dinov2_reg" else eva.checkpoint_filter_fn
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return convert(state, vit)
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise SemisegError(
+            f"the weights file does not fit {spec.name} ({type(err).__name__}: {err})"
+        ) from None
 
 
 def _hub_state_dict(name: str) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ Plain data, no torch: configuration checks read it without loading the deep-lear
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from semiseg.errors import SemisegError, did_you_mean
@@ -89,8 +90,10 @@ class EncoderSpec:
                 f"the input needs one mean and one std per band (1 to {MAX_BANDS} bands), got {len(mean)} means "
                 f"and {len(std)} stds"
             )
-        if min(std) <= 0:
-            raise SemisegError(f"every band's std must be positive, got {min(std)}")
+        if not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+            raise SemisegError(
+                f"every band's mean must be a number and every std a positive number, got {list(mean)} and {list(std)}"
+            )
         return replace(self, mean=mean, std=std)
 
     def check_side(self, side: int, what: str) -> None:
@@ -120,6 +123,7 @@ _HEAD = _heads()
 _TAPS = {4: (0, 1, 2, 3), 12: (2, 5, 8, 11), 24: (4, 11, 17, 23), 40: (9, 19, 29, 39)}
 _TINY = dict(dim=48, depth=4, heads=3, taps=_TAPS[4], head=HeadSpec(16, (12, 24, 48, 48)))
 _TINY_OVERRIDES = (("embed_dim", 48), ("depth", 4), ("num_heads", 3))
+_LETTER = {"small": "S", "base": "B", "large": "L", "giant": "g"}
 _WIDTH = {"small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16), "giant": (1536, 40, 24)}
 
 
@@ -131,7 +135,7 @@ def _dinov2(size: str, registers: bool) -> EncoderSpec:
         f"{size}_reg" if registers else size, dim, depth, heads, _TAPS[depth], _HEAD[dim],
         hub_name=f"{arch}.lvd142m", swiglu=size == "giant", weights_license=DINOV2_LICENSE,
         family="dinov2_reg" if registers else "dinov2", arch=arch if registers else None,
-        summary=f"DINOv2 ViT-{size[0].upper()}/14{' + 4 registers' if registers else ''} (LVD-142M)",
+        summary=f"DINOv2 ViT-{_LETTER[size]}/14{' + 4 registers' if registers else ''} (LVD-142M)",
     )  # fmt: skip
 
 
@@ -174,8 +178,9 @@ for _spec in ENCODER_SPECS.values():
         _ALIASES.setdefault(_spec.hub_name.split(".")[0], _spec.name)
 
 
-def encoder_names() -> list[str]:
-    return list(ENCODER_SPECS)
+def encoder_names(aliases: bool = False) -> list[str]:
+    """Our encoder names (and, with `aliases`, the timm names that select them)."""
+    return list(ENCODER_SPECS) + (list(_ALIASES) if aliases else [])
 
 
 def is_encoder_name(name: str) -> bool:
@@ -189,6 +194,6 @@ def encoder_spec(name: str) -> EncoderSpec:
     if name in _ALIASES:
         return ENCODER_SPECS[_ALIASES[name]]
     raise SemisegError(
-        f"unknown encoder {name!r}{did_you_mean(name, list(ENCODER_SPECS) + list(_ALIASES))}; choose one of "
+        f"unknown encoder {name!r}{did_you_mean(name, encoder_names(aliases=True))}; choose one of "
         f"{', '.join(ENCODER_SPECS)} (or a timm name such as vit_large_patch16_dinov3.sat493m)"
     )

@@ -200,7 +200,7 @@ def _fit(
     def save(path: Path) -> None:
         rng = gather_rng(info)  # collective: every rank calls save()
         if info.is_main:
-            save_atomic(checkpoint_payload(cfg, step, state, data.classes, rng), path)
+            save_atomic(checkpoint_payload(cfg, step, state, data.classes, rng, data.input_bands), path)
 
     val_loader = loaders.val_loader(info)
     show_bar = info.is_main and (progress if progress is not None else sys.stderr.isatty())

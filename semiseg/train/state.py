@@ -20,6 +20,7 @@ from semiseg.config import Config
 from semiseg.errors import SemisegError
 from semiseg.io import atomic_path
 from semiseg.models.checkpoints import CHECKPOINT_FORMAT, FORMAT_VERSION, model_card
+from semiseg.models.encoder import check_keys
 from semiseg.train.distributed import DistInfo
 from semiseg.train.run_folder import config_changes
 
@@ -29,7 +30,10 @@ SAMPLE_KEYING = "seed,stream,index,epoch"
 
 # Settings that decide what the weights are: a resumed run must agree on them.
 # (A frozen encoder has no optimiser state, so freezing or unfreezing cannot resume the optimiser either.)
-FIXED_ON_RESUME = ("task", "data.nclass", "model.encoder", "model.freeze_encoder")
+# The input (bands, their statistics) is part of the model: a resume cannot change it either.
+FIXED_ON_RESUME = (
+    "task", "data.nclass", "model.encoder", "model.freeze_encoder", "data.bands", "data.mean", "data.std"
+)  # fmt: skip
 # Settings a resume changes only with consent (`--force`), besides the schedule's length.
 CONSENT_ON_RESUME = ("method.name",)
 
@@ -132,7 +136,12 @@ def seed_all(seed: int) -> None:
 
 
 def checkpoint_payload(
-    cfg: Config, step: Any, state: TrainState, classes: list[str], rng: list[dict]
+    cfg: Config,
+    step: Any,
+    state: TrainState,
+    classes: list[str],
+    rng: list[dict],
+    input_bands: list[int] | None = None,
 ) -> dict[str, Any]:
     """Everything a resume needs (model, EMA, optimiser, scaler, method state, position, RNGs, config) and what a
     user of the weights needs (`meta`: the model card an export also carries, with the training data and crop, the
@@ -168,7 +177,7 @@ def checkpoint_payload(
                 "pretrained_weights": cfg.model.weights,
                 "freeze_encoder": cfg.model.freeze_encoder,
                 "pretrained_license": model.spec.weights_license if cfg.model.weights else None,
-                "input_bands": d.bands,
+                "input_bands": input_bands or d.bands,
                 "rgb_bands": cfg.model.rgb_bands,
                 "stretch": d.stretch,
             },
@@ -179,6 +188,7 @@ def checkpoint_payload(
 def restore(ckpt: dict[str, Any], step: Any, info: DistInfo) -> TrainState:
     """Put a checkpoint's weights, optimiser, method state and this rank's RNGs back; return its position (the
     schedule length is the current one: `check_resume` has decided whether it may differ)."""
+    check_keys(ckpt["model"], step.model.state_dict(), what="the checkpoint to resume")
     step.model.load_state_dict(ckpt["model"])
     if step.ema is not None and ckpt.get("ema") is not None:
         step.ema.load_state_dict(ckpt["ema"])
