@@ -170,3 +170,29 @@ def test_sigterm_stops_after_the_step_saves_and_the_same_command_resumes(tmp_pat
                              text=True, timeout=120)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert torch.load(out / "latest.pt", weights_only=True)["state"]["iteration"] == stopped["iteration"] + 1
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_the_previous_one_whole(
+    tmp_path, monkeypatch
+):
+    """A full disk mid-save (torch raises RuntimeError "unexpected pos ..."): one line with the space needed,
+    no temporary left behind, and the previous checkpoint still loads."""
+    from semiseg.train import state
+
+    path = tmp_path / "latest.pt"
+    state.save_atomic({"format": state.CHECKPOINT_FORMAT, "model": {"w": torch.zeros(4)}}, path)
+
+    def disk_full(obj, f):
+        Path(f).write_bytes(b"partial")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . unexpected pos 4653296192 vs 4653296092"
+        )
+
+    monkeypatch.setattr(state.torch, "save", disk_full)
+    with pytest.raises(
+        SemisegError, match=r"could not save the checkpoint .*latest.pt: about 0.0 GB needed, .* GB free"
+    ) as err:
+        state.save_atomic({"model": {"w": torch.ones(1000)}}, path)
+    assert "\n" not in str(err.value) and sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"]
+    monkeypatch.undo()
+    assert torch.equal(state.load_checkpoint(path)["model"]["w"], torch.zeros(4))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from semiseg.config import Config
-from semiseg.errors import SemisegError
+from semiseg.errors import SemisegError, error_reason
 from semiseg.io import atomic_path
 from semiseg.models.checkpoints import CHECKPOINT_FORMAT, FORMAT_VERSION, model_card
 from semiseg.models.encoder import check_keys
@@ -49,8 +50,29 @@ class TrainState:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """Write a checkpoint under a temporary name and rename it: the previous file stays whole until the new one
+    is. A failed write (a full disk is the usual cause: a ViT-L run's checkpoint with EMA and AdamW state is about
+    5 GB) is one line naming the free space and the size needed; torch reports it as a RuntimeError."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except (OSError, RuntimeError) as err:
+        free = shutil.disk_usage(path.parent).free
+        raise SemisegError(
+            f"could not save the checkpoint {path}: about {tensor_bytes(obj) / 1e9:.1f} GB needed, "
+            f"{free / 1e9:.1f} GB free on its disk ({error_reason(err)})"
+        ) from None
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in a nested checkpoint structure (what torch.save writes, near enough)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
