@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "splits",
         cmd_splits,
-        "labeled/unlabeled lists by the SemiCD rule (seed 10, nested)",
+        "seeded labeled/unlabeled lists by the SemiCD rule (seed 10, nested); not the official LEVIR-CD/WHU-CD lists, which ship in datasets/",
         EXAMPLES["splits"],
     )
     p.add_argument("--root", required=True, help="prepared dataset root (train.txt or train/A)")

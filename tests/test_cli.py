@@ -193,7 +193,7 @@ def test_segmentation_splits_command(tmp_path, capsys):
 def test_change_detection_train_eval_predict(tmp_path, capsys):
     root = tmp_path / "levir"
     make_change_tiles(root)
-    sets = [f"data.root={root}", "data.split=20%", "data.crop_size=42", "data.batch_size=2", "data.workers=0",
+    sets = [f"data.root={root}", f"data.split={root / 'splits' / '20%'}", "data.crop_size=42", "data.batch_size=2", "data.workers=0",
             "model.encoder=tiny", "model.weights=null", "train.epochs=1"]  # fmt: skip
     args = [a for s in sets for a in ("--set", s)]
     run_dir = tmp_path / "run"
