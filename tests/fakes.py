@@ -80,3 +80,40 @@ def make_change_tiles(root: Path, n_labeled: int = 4, n_unlabeled: int = 8, n_te
     (root / "test.txt").write_text("\n".join(names["test"]) + "\n")
     (root / "val.txt").write_text("\n".join(names["test"][:2]) + "\n")
     return split
+
+
+def write_geotiff(
+    path: Path, array: np.ndarray, x0: float = 500000, y0: float = 4000000, res: float = 0.5
+) -> Path:
+    """A uint8 GeoTIFF (bands x rows x cols) in UTM 18N with `res` m pixels, its top-left corner at (x0, y0)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0], dtype="uint8",
+                   crs="EPSG:32618", transform=from_origin(x0, y0, res, res))  # fmt: skip
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(array)
+    return path
+
+
+def tiny_checkpoint(path: Path, task: str = "change_detection", seed: int = 0) -> Path:
+    """An exported `tiny` model (random weights, seeded) of the task: 2 classes for change detection, 3 else."""
+    import torch
+
+    from semiseg.models.checkpoints import export_model
+    from semiseg.models.segmentor import build_model
+
+    torch.manual_seed(seed)
+    cd = task == "change_detection"
+    model = build_model("tiny", 2 if cd else 3, "absdiff" if cd else "identity")
+    return export_model(
+        model, path, {"task": task, "classes": ["unchanged", "changed"] if cd else ["a", "b", "c"]}
+    )
+
+
+def change_pair(rng: np.random.Generator, size: tuple[int, int] = (40, 52)) -> tuple[np.ndarray, np.ndarray]:
+    """A random RGB before image and its after image with a bright block added (the change)."""
+    before = rng.integers(0, 255, (3, *size), dtype=np.uint8)
+    after = before.copy()
+    after[:, 5:20, 10:30] = 250
+    return before, after

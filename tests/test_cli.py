@@ -12,7 +12,7 @@ import pytest
 import rasterio
 import yaml
 from conftest import SHARED_DATA
-from fakes import make_change_tiles, make_segmentation_benchmark
+from fakes import make_change_tiles, make_segmentation_benchmark, write_geotiff
 from rasterio.transform import from_origin
 
 from semicd.cli import build_parser as semicd_parser
@@ -71,10 +71,7 @@ def test_user_errors_are_one_line_with_non_zero_exit(cmd, message, tmp_path):
 
 
 def _geotiff(path: Path, array: np.ndarray) -> None:
-    profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0], dtype="uint8",
-                   crs="EPSG:32618", transform=from_origin(500000, 4000000, 0.5, 0.5))  # fmt: skip
-    with rasterio.open(path, "w", **profile) as ds:
-        ds.write(array)
+    write_geotiff(path, array)
 
 
 def test_segmentation_train_eval_predict_export(tmp_path, capsys):
