@@ -143,7 +143,7 @@ def predict_jobs(
                                   polygons_path=paths["polygons_path"])  # fmt: skip
                 footprint = footprint_wgs84(paths["out"])
                 record = {"name": job.name, "rasters": list(job.rasters), "checkpoint_sha256": checkpoint_sha256,
-                          "summary": summary, "footprint": footprint}  # fmt: skip
+                          "rank": rank, "summary": summary, "footprint": footprint}  # fmt: skip
                 write_text_atomic(record_path(out_dir, job.name), json.dumps(record, indent=2, default=str))
                 row.update(status="done", summary=summary, footprint=footprint)
         except SemisegError as err:
