@@ -117,8 +117,8 @@ def predict_jobs(
 ) -> list[dict[str, Any]]:
     """Predict this rank's share of `jobs` into `out_dir`; returns one row per scene of that share.
 
-    `predict(rasters, out, probs_path=..., polygons_path=...)` predicts one scene and returns its summary
-    (`semiseg.predict.predict_scene` with the model and options bound). A scene whose record shows it complete
+    `predict(*rasters, out=..., probs_path=..., polygons_path=...)` predicts one scene and returns its summary
+    (`semiseg.api.predict` with the model and options bound). A scene whose record shows it complete
     for this checkpoint is skipped; one made with another checkpoint is a failure (never silently overwritten).
     """
     from tqdm import tqdm
@@ -139,7 +139,7 @@ def predict_jobs(
             if record is not None:
                 row.update(status="skipped", summary=record["summary"], footprint=record["footprint"])
             else:
-                summary = predict(job.rasters, paths["out"], probs_path=paths["probs_path"],
+                summary = predict(*job.rasters, out=paths["out"], probs_path=paths["probs_path"],
                                   polygons_path=paths["polygons_path"])  # fmt: skip
                 footprint = footprint_wgs84(paths["out"])
                 record = {"name": job.name, "rasters": list(job.rasters), "checkpoint_sha256": checkpoint_sha256,

@@ -429,11 +429,11 @@ def _finish(args: argparse.Namespace, summary: dict, kind: str) -> int:
 
 def predict_scene_command(args: argparse.Namespace, task: Task, rasters: Sequence[str]) -> int:
     """The body of every task's GeoTIFF `predict`: check inputs, load the model, tile-and-predict, record."""
-    from semiseg.predict import predict_scene
+    from semiseg.api import predict
 
     model = _load_for_scene(args, task, rasters)
-    summary = predict_scene(
-        model, rasters, args.out, probs_path=args.probs, polygons_path=args.polygons,
+    summary = predict(
+        model, *rasters, out=args.out, probs_path=args.probs, polygons_path=args.polygons,
         threshold=getattr(args, "threshold", None), min_area_m2=args.min_area, simplify=args.simplify,
         **reading_options(args, task, model),
     )  # fmt: skip
@@ -523,8 +523,8 @@ def predict_batch_command(args: argparse.Namespace, task: Task, columns: Sequenc
     from functools import partial
 
     from semiseg import batch
+    from semiseg.api import predict
     from semiseg.models.checkpoints import load_model
-    from semiseg.predict import predict_scene
     from semiseg.train.distributed import cleanup, init_distributed
 
     jobs = batch.read_jobs(args.scenes_csv, columns)  # before loading what may be a large model
@@ -532,15 +532,15 @@ def predict_batch_command(args: argparse.Namespace, task: Task, columns: Sequenc
     try:
         model = load_model(args.checkpoint, task=task.name, which=args.which)
         options = {**reading_options(args, task, model), "device": device}
-        predict = partial(
-            predict_scene, model, progress=False, threshold=getattr(args, "threshold", None),
+        predict_one = partial(
+            predict, model, progress=False, threshold=getattr(args, "threshold", None),
             min_area_m2=args.min_area, simplify=args.simplify, **options,
         )  # fmt: skip
         outputs = batch.BatchOutputs(
             None if args.polygon_format == "none" else args.polygon_format, args.with_probs
         )
         rows = batch.predict_jobs(
-            predict, jobs, args.out_dir, model.meta["source_sha256"], outputs, info.rank, info.world_size
+            predict_one, jobs, args.out_dir, model.meta["source_sha256"], outputs, info.rank, info.world_size
         )
         rows = batch.gather_rows(rows, info.world_size)
         if info.is_main:
