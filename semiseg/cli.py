@@ -258,7 +258,8 @@ def cmd_compare_log(task: Task) -> Handler:
 
 
 CHECKPOINT_HELP = (
-    "a checkpoint: ours (best.pt, latest.pt), an export (.safetensors), or an official UniMatch V2 one"
+    "a checkpoint: ours (best.pt, latest.pt), an export (.safetensors), or an official UniMatch V2 one; a local "
+    "path or hf://OWNER/REPO/PATH[@REVISION] (downloaded once into the Hugging Face cache)"
 )
 WHICH_HELP = (
     "which weights of a checkpoint: the EMA teacher, the student (model), or auto (the one that scored best)"

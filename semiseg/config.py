@@ -114,8 +114,9 @@ class ModelConfig:
     )
     weights: str | None = _opt(
         None,
-        "encoder weights: a `dinov2_vit*14_pretrain.pth` (or timm state dict / safetensors), `hub` (timm hub, "
-        "needs network once) or null (random init)",
+        "encoder weights: a `dinov2_vit*14_pretrain.pth` (or timm state dict / safetensors), local or "
+        "`hf://OWNER/REPO/PATH[@REV]` on the Hugging Face hub, `hub` (timm hub, needs network once) or null "
+        "(random init)",
     )
     freeze_encoder: bool = _opt(
         False,

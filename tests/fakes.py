@@ -117,3 +117,19 @@ def change_pair(rng: np.random.Generator, size: tuple[int, int] = (40, 52)) -> t
     after = before.copy()
     after[:, 5:20, 10:30] = 250
     return before, after
+
+
+def fill_hub_cache(cache: Path, repo_id: str, files: dict[str, bytes], revision: str = "main") -> str:
+    """Put `files` into a Hugging Face cache folder the way `hf_hub_download` leaves them (refs/<revision> ->
+    snapshots/<commit>/<path>), so that the hub client finds them offline. Returns the fake commit hash."""
+    import hashlib
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repr(sorted(files)).encode()).hexdigest()
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    for name, data in files.items():
+        path = repo / "snapshots" / commit / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return commit
