@@ -28,6 +28,7 @@ from semiseg.cli import (
 from semiseg.errors import SemisegError
 
 PAIR_COLUMNS = ("before", "after")
+ARCHIVE_NAMES = ("levir-cd", "whu-cd")  # semicd.data.download.ARCHIVES, named here so --help stays light
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -76,6 +77,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from semicd.data.download import download_dataset
+
+    summary = download_dataset(args.dataset, args.out, archive=args.archive)
+    record_command(Path(args.out) / f"download-{args.dataset}.yaml", args, summary)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_splits(args: argparse.Namespace) -> int:
     from semicd.data.splits import write_semicd_splits
     from semiseg.data.lists import read_name_list
@@ -113,6 +123,7 @@ EXAMPLES = {
     "pseudolabels": "semicd pseudolabels --before 2019.tif --after 2023.tif --checkpoint runs/scene/best.pt"
     " --areas labeled.gpkg --min-prob 0.9 --out review.gpkg",
     "prepare": "semicd prepare levir --src /data/LEVIR-CD --out /data/LEVIR-CD-256",
+    "download": "semicd download levir-cd --out /data   # then --set data.root=/data/LEVIR-CD",
     "splits": "semicd splits --root /data/LEVIR-CD-256 --out /data/LEVIR-CD-256/splits",
     "demo": "semicd demo --out demo/",
 }
@@ -175,6 +186,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the prepared root: A/, B/, label/ and the name lists")
     p.add_argument("--tile", type=int, default=256, help="tile side in px")
     p.add_argument("--overwrite", action="store_true", help="rewrite tiles that already exist")
+
+    p = add_command(
+        sub, "download", cmd_download,
+        "fetch the official LEVIR-CD / WHU-CD tiles (UniMatch V2 archives on Hugging Face), verify them against the "
+        "shipped lists and unpack them",
+        EXAMPLES["download"],
+    )  # fmt: skip
+    p.add_argument("dataset", choices=sorted(ARCHIVE_NAMES), help="which dataset")
+    p.add_argument(
+        "--out", required=True,
+        help="folder to unpack into: <out>/LEVIR-CD or <out>/WHU-CD (A/, B/, label/, train/val/test.txt), and "
+        "checksums.yaml",
+    )  # fmt: skip
+    p.add_argument(
+        "--archive",
+        help="a local copy of the zip (downloaded elsewhere) instead of fetching it; it is verified the same way",
+    )
 
     p = add_command(
         sub,
