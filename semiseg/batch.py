@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from semiseg.errors import SemisegError
+from semiseg.errors import SemisegError, one_line
 from semiseg.io import write_text_atomic
 
 SUMMARY_CSV = "summary.csv"
@@ -122,8 +122,6 @@ def predict_jobs(
     for this checkpoint is skipped; one made with another checkpoint is a failure (never silently overwritten).
     """
     from tqdm import tqdm
-
-    from semiseg.cli import one_line
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from semiseg.errors import SemisegError
+from semiseg.errors import SemisegError, one_line
 from semiseg.task import Task
 from semiseg.version import __version__
 
@@ -41,19 +41,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def one_line(err: BaseException) -> str:
-    """The message of a user error on one line.
-
-    An error raised in a DataLoader worker comes back with the worker's traceback inside its message ("Caught
-    SemisegError in DataLoader worker process 0. Original Traceback ..."): its last line holds the real message.
-    """
-    text = str(err).strip()
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        text = re.sub(r"^[\w.]*SemisegError: ", "", last)
-    return " ".join(text.split("\n")[0].split()) if "\n" in text else text
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:

@@ -57,3 +57,10 @@ def test_whu_lists_are_the_official_ones_exactly_for_the_official_tile_names():
 def test_official_dir_names_the_datasets_it_has():
     with pytest.raises(SemisegError, match="levir_cd, whu_cd"):
         official_dir("pascal")
+
+
+def test_levir_lists_name_the_tiles_prepare_levir_cuts():
+    # The release has 445 / 64 / 128 pairs per split; prepare_levir names their tiles <split>_<n>_<k>.png, k = 1..16.
+    for split, pairs in (("train", 445), ("val", 64), ("test", 128)):
+        cut = {f"{split}_{n}_{k}.png" for n in range(1, pairs + 1) for k in range(1, 17)}
+        assert set(official_sets("levir_cd")[split]) == cut

@@ -18,7 +18,6 @@ from timm.layers import SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 
 from semiseg.errors import SemisegError
-from semiseg.hub import resolve_path
 from semiseg.models.specs import EncoderSpec, encoder_spec
 
 
@@ -116,7 +115,7 @@ class Encoder(nn.Module):
                 raise SemisegError(f"encoder size {self.size!r} has no pretrained weights on the hub")
             state = _hub_state_dict(name)
         else:
-            state = read_state_dict(resolve_path(weights))  # a local file, or hf://OWNER/REPO/PATH[@REV]
+            state = read_state_dict(Path(weights))
         self.vit.load_state_dict(convert_official_dinov2(state, self.vit), strict=True)
 
 

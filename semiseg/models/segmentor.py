@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from semiseg.errors import SemisegError
+from semiseg.hub import is_hub_path, resolve_path
 from semiseg.models.dpt import DPTHead
 from semiseg.models.encoder import Encoder
 from semiseg.models.specs import EncoderSpec, encoder_spec
@@ -120,7 +121,8 @@ class Segmentor(nn.Module):
 
 
 def build_model(encoder: str, nclass: int, fusion: str = "identity", weights: str | None = None) -> Segmentor:
-    """A fresh model, with encoder weights from `weights` (a file, `hub`, or None for random init)."""
+    """A fresh model, with encoder weights from `weights` (a file, `hf://OWNER/REPO/PATH[@REV]`, `hub`, or None
+    for random init)."""
     model = Segmentor(encoder, nclass, fusion)
-    model.encoder.load_pretrained(weights)
+    model.encoder.load_pretrained(str(resolve_path(weights)) if is_hub_path(weights) else weights)  # hf://...
     return model
