@@ -12,6 +12,7 @@ either is complete or does not exist.
 from __future__ import annotations
 
 import shutil
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,9 +111,17 @@ def _check_sum(record: Path, key: str, zip_path: Path) -> str:
 
 
 def _unpack(zip_path: Path, folder: Path) -> None:
+    from tqdm import tqdm
+
     try:
         with zipfile.ZipFile(zip_path) as z:
-            z.extractall(folder)  # member names are sanitised by zipfile: nothing lands outside `folder`
+            members = z.infolist()
+            for member in tqdm(
+                members, desc=f"unpack {zip_path.name}", unit="file", disable=not sys.stderr.isatty()
+            ):
+                z.extract(
+                    member, folder
+                )  # member names are sanitised by zipfile: nothing lands outside `folder`
     except (zipfile.BadZipFile, OSError) as err:
         raise SemisegError(f"cannot unpack {zip_path}: {err}") from None
 
