@@ -160,3 +160,18 @@ def test_one_scene_and_a_batch_do_not_mix(tmp_path, capsys):
     assert semicd_main(["predict", "--before", "a.tif", "--checkpoint", "c.pt"]) == 2
     assert "give --after, --out (one scene), or --pairs CSV --out-dir DIR (many)" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_outputs_of_another_checkpoint_are_never_overwritten(three_pairs, capsys):
+    tmp = three_pairs
+    (tmp / "pairs.csv").write_text("before,after,name\na1.tif,b1.tif,p1\n")
+    out = tmp / "out"
+    for seed, expected in ((0, 0), (1, 1)):
+        checkpoint = tiny_checkpoint(tmp / f"cd{seed}", seed=seed)
+        code = semicd_main(["predict", "--pairs", str(tmp / "pairs.csv"), "--out-dir", str(out),
+                            "--checkpoint", str(checkpoint), *COMMON])  # fmt: skip
+        assert code == expected
+        if seed == 0:
+            first = (out / "p1.tif").read_bytes()
+    assert "p1.json was made with another checkpoint" in capsys.readouterr().err
+    assert (out / "p1.tif").read_bytes() == first
