@@ -11,11 +11,14 @@ from pathlib import Path
 from semicd.task import TASK
 from semiseg.cli import (
     CHECKPOINT_HELP,
+    add_batch_options,
     add_command,
     add_reading_options,
     add_scene_options,
     add_suggest_options,
+    is_batch,
     make_parser,
+    predict_batch_command,
     predict_scene_command,
     pseudolabels_command,
     record_command,
@@ -24,8 +27,13 @@ from semiseg.cli import (
 )
 from semiseg.errors import SemisegError
 
+PAIR_COLUMNS = ("before", "after")
+ARCHIVE_NAMES = ("levir-cd", "whu-cd")  # semicd.data.download.ARCHIVES, named here so --help stays light
+
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if is_batch(args, "pairs", PAIR_COLUMNS):
+        return predict_batch_command(args, TASK, PAIR_COLUMNS)
     return predict_scene_command(args, TASK, [args.before, args.after])
 
 
@@ -37,9 +45,11 @@ def cmd_pseudolabels(args: argparse.Namespace) -> int:
     return pseudolabels_command(args, TASK, [args.before, args.after])
 
 
-def _pair_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--before", required=True, help="GeoTIFF of the earlier date (defines the output grid)")
-    p.add_argument("--after", required=True, help="GeoTIFF of the later date")
+def _pair_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "--before", required=required, help="GeoTIFF of the earlier date (defines the output grid)"
+    )
+    p.add_argument("--after", required=required, help="GeoTIFF of the later date")
     p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument(
         "--align", choices=["error", "reproject"], default="error",
@@ -64,6 +74,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         )
     record_command(Path(args.out) / "prepare.yaml", args, summary)
     print(json.dumps(summary))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from semicd.data.download import download_dataset
+
+    summary = download_dataset(args.dataset, args.out, archive=args.archive)
+    record_command(Path(args.out) / f"download-{args.dataset}.yaml", args, summary)
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -96,12 +115,15 @@ EXAMPLES = {
     "train": "semicd train --config configs/levir_cd.yaml --out runs/levir5 --set data.root=/data/LEVIR-CD-256",
     "eval": "semicd eval --checkpoint runs/levir5/best.pt --set data.root=/data/LEVIR-CD-256",
     "predict": "semicd predict --before 2019.tif --after 2023.tif --checkpoint runs/levir5/best.pt --out change.tif"
-    " --polygons change.gpkg",
+    " --polygons change.gpkg\n"
+    "semicd predict --pairs pairs.csv --out-dir changes/ --checkpoint runs/levir5/best.pt   # columns before,after[,name]\n"
+    "torchrun --nproc-per-node 4 -m semicd predict --pairs pairs.csv --out-dir changes/ --checkpoint best.pt",
     "suggest": "semicd suggest --before 2019.tif --after 2023.tif --checkpoint runs/scene/best.pt --areas labeled.gpkg"
     " --n 20 --out next.gpkg",
     "pseudolabels": "semicd pseudolabels --before 2019.tif --after 2023.tif --checkpoint runs/scene/best.pt"
     " --areas labeled.gpkg --min-prob 0.9 --out review.gpkg",
     "prepare": "semicd prepare levir --src /data/LEVIR-CD --out /data/LEVIR-CD-256",
+    "download": "semicd download levir-cd --out /data   # then --set data.root=/data/LEVIR-CD",
     "splits": "semicd splits --root /data/LEVIR-CD-256 --out /data/LEVIR-CD-256/splits",
     "demo": "semicd demo --out demo/",
 }
@@ -121,12 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         "tile-and-predict a before/after GeoTIFF pair into a change map",
         EXAMPLES["predict"],
     )
-    _pair_arguments(p)
-    p.add_argument("--out", required=True, help="change map GeoTIFF (uint8 classes, 255 = nodata)")
+    _pair_arguments(p, required=False)
+    p.add_argument("--out", help="change map GeoTIFF (uint8 classes, 255 = nodata)")
     p.add_argument(
         "--threshold", type=float, default=None, help="change where P(change) >= this (default: argmax)"
     )
     add_scene_options(p)
+    add_batch_options(p, "pairs", PAIR_COLUMNS)
 
     p = add_command(
         sub, "suggest", cmd_suggest, "the windows of a scene most worth labelling next (uncertain and spread out)",
@@ -165,10 +188,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="rewrite tiles that already exist")
 
     p = add_command(
+        sub, "download", cmd_download,
+        "fetch the official LEVIR-CD / WHU-CD tiles (UniMatch V2 archives on Hugging Face), verify them against the "
+        "shipped lists and unpack them",
+        EXAMPLES["download"],
+    )  # fmt: skip
+    p.add_argument("dataset", choices=sorted(ARCHIVE_NAMES), help="which dataset")
+    p.add_argument(
+        "--out", required=True,
+        help="folder to unpack into: <out>/LEVIR-CD or <out>/WHU-CD (A/, B/, label/, train/val/test.txt), and "
+        "checksums.yaml",
+    )  # fmt: skip
+    p.add_argument(
+        "--archive",
+        help="a local copy of the zip (downloaded elsewhere) instead of fetching it; it is verified the same way",
+    )
+
+    p = add_command(
         sub,
         "splits",
         cmd_splits,
-        "labeled/unlabeled lists by the SemiCD rule (seed 10, nested)",
+        "seeded labeled/unlabeled lists by the SemiCD rule (seed 10, nested); not the official LEVIR-CD/WHU-CD lists, which ship in datasets/",
         EXAMPLES["splits"],
     )
     p.add_argument("--root", required=True, help="prepared dataset root (train.txt or train/A)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["load_model", "SemisegError", "__version__"]
+__all__ = ["load_model", "segment", "SemisegError", "__version__"]
 
 from semiseg.errors import SemisegError
 from semiseg.version import __version__
@@ -20,3 +20,12 @@ def load_model(path: Any, task: str | None = None, which: str = "auto") -> Any:
     from semiseg.models.checkpoints import load_model as _load
 
     return _load(path, task=task, which=which)
+
+
+def segment(model: Any, image: Any, **options: Any) -> Any:
+    """Class map of one image: a numpy array (bands x rows x cols, uint8) or DataArray in, a `Prediction`
+    (classes, probs) out; or a GeoTIFF path with `out=` in, files and their summary out. The options and the
+    details: `semiseg.api.predict` (the same for change detection: `semicd.predict`)."""
+    from semiseg.api import predict
+
+    return predict(model, image, **options)

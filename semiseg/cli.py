@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from semiseg.errors import SemisegError
+from semiseg.errors import SemisegError, one_line
 from semiseg.task import Task
 from semiseg.version import __version__
 
@@ -42,19 +42,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def one_line(err: BaseException) -> str:
-    """The message of a user error on one line.
-
-    An error raised in a DataLoader worker comes back with the worker's traceback inside its message ("Caught
-    SemisegError in DataLoader worker process 0. Original Traceback ..."): its last line holds the real message.
-    """
-    text = str(err).strip()
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        text = re.sub(r"^[\w.]*SemisegError: ", "", last)
-    return " ".join(text.split("\n")[0].split()) if "\n" in text else text
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
@@ -299,7 +286,8 @@ def _training_sets(args: argparse.Namespace, task: Task) -> list:
 
 
 CHECKPOINT_HELP = (
-    "a checkpoint: ours (best.pt, latest.pt), an export (.safetensors), or an official UniMatch V2 one"
+    "a checkpoint: ours (best.pt, latest.pt), an export (.safetensors), or an official UniMatch V2 one; a local "
+    "path or hf://OWNER/REPO/PATH[@REVISION] (downloaded once into the Hugging Face cache)"
 )
 WHICH_HELP = (
     "which weights of a checkpoint: the EMA teacher, the student (model), or auto (the one that scored best)"
@@ -491,11 +479,11 @@ def _finish(args: argparse.Namespace, summary: dict, kind: str) -> int:
 
 def predict_scene_command(args: argparse.Namespace, task: Task, rasters: Sequence[str]) -> int:
     """The body of every task's GeoTIFF `predict`: check inputs, load the model, tile-and-predict, record."""
-    from semiseg.predict import predict_scene
+    from semiseg.api import predict
 
     model = _load_for_scene(args, task, rasters)
-    summary = predict_scene(
-        model, rasters, args.out, probs_path=args.probs, polygons_path=args.polygons,
+    summary = predict(
+        model, *rasters, out=args.out, probs_path=args.probs, polygons_path=args.polygons,
         threshold=getattr(args, "threshold", None), min_area_m2=args.min_area, simplify=args.simplify,
         **reading_options(args, task, model),
     )  # fmt: skip
@@ -529,3 +517,91 @@ def _review_command(
         model, rasters, args.out, **options, **reading_options(args, task, model)
     )
     return _finish(args, summary, kind)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# predict many scenes from a CSV (one model load, resumable, one summary; sharded under torchrun)
+
+
+def add_batch_options(p: argparse.ArgumentParser, option: str, columns: Sequence[str]) -> None:
+    """The options of a batch `predict`: the CSV of scenes and what each scene writes into --out-dir."""
+    p.add_argument(
+        f"--{option}", dest="scenes_csv", metavar="CSV",
+        help=f"predict every row of this CSV (columns {', '.join(columns)}, optional name; relative paths are "
+        "read from the CSV's folder) into --out-dir, loading the model once; run under torchrun to shard the "
+        "rows over processes",
+    )  # fmt: skip
+    p.add_argument(
+        "--out-dir",
+        help=f"with --{option}: <name>.tif (+ polygons, probabilities) and <name>.json per scene, summary.csv and "
+        "summary.geojson; scenes already complete there are skipped",
+    )
+    p.add_argument(
+        "--polygon-format", choices=["gpkg", "geojson", "none"], default="gpkg",
+        help=f"with --{option}: the polygons written per scene",
+    )  # fmt: skip
+    p.add_argument(
+        "--with-probs", action="store_true", help=f"with --{option}: also write <name>.probs.tif per scene"
+    )
+
+
+def is_batch(args: argparse.Namespace, option: str, single: Sequence[str]) -> bool:
+    """Whether the command predicts a CSV of scenes (--<option>) or one scene (the `single` options, --out);
+    a mix of the two is refused."""
+    if args.scenes_csv is None:
+        missing = [f"--{o.replace('_', '-')}" for o in (*single, "out") if not getattr(args, o)]
+        if missing:
+            raise SemisegError(
+                f"give {', '.join(missing)} (one scene), or --{option} CSV --out-dir DIR (many)"
+            )
+        return False
+    mixed = [
+        f"--{o.replace('_', '-')}" for o in (*single, "out", "probs", "polygons") if getattr(args, o, None)
+    ]
+    if mixed or not args.out_dir:
+        raise SemisegError(
+            f"--{option} predicts into --out-dir: drop {', '.join(mixed)}"
+            if mixed
+            else f"--{option} needs --out-dir"
+        )
+    return True
+
+
+def predict_batch_command(args: argparse.Namespace, task: Task, columns: Sequence[str]) -> int:
+    """The body of every task's batch `predict`: read the CSV, load the model once, predict this process's share
+    of the scenes (`semiseg.batch`), and on rank 0 write the summary. Exit 1 when any scene failed."""
+    from functools import partial
+
+    from semiseg import batch
+    from semiseg.api import predict
+    from semiseg.models.checkpoints import load_model
+    from semiseg.train.distributed import cleanup, init_distributed
+
+    jobs = batch.read_jobs(args.scenes_csv, columns)  # before loading what may be a large model
+    info, device = init_distributed(args.device)
+    try:
+        model = load_model(args.checkpoint, task=task.name, which=args.which)
+        options = {**reading_options(args, task, model), "device": device}
+        predict_one = partial(
+            predict, model, progress=False, threshold=getattr(args, "threshold", None),
+            min_area_m2=args.min_area, simplify=args.simplify, **options,
+        )  # fmt: skip
+        outputs = batch.BatchOutputs(
+            None if args.polygon_format == "none" else args.polygon_format, args.with_probs
+        )
+        rows = batch.predict_jobs(
+            predict_one, jobs, args.out_dir, model.meta["source_sha256"], outputs, info.rank, info.world_size
+        )
+        rows = batch.gather_rows(rows, info.world_size)
+        if info.is_main:
+            result = batch.batch_result(rows, *batch.write_summary(rows, args.out_dir))
+            record_command(Path(args.out_dir) / "predict.yaml", args, result)
+            print(json.dumps(result, indent=2))
+            for name, error in result["failures"].items():
+                print(f"{task.command}: {name} failed: {error}", file=sys.stderr)
+            if result["failed"]:
+                print(f"{task.command}: {result['failed']} of {len(rows)} scenes failed (see summary.csv)",
+                      file=sys.stderr)  # fmt: skip
+    finally:
+        cleanup(info)
+    return 1 if any(r["status"] == "failed" for r in rows) else 0

@@ -126,8 +126,8 @@ class ModelConfig:
     weights: str | None = _opt(
         None,
         "encoder weights: an official file (`dinov2_vit*14_pretrain.pth`, `dinov3_vit*16_pretrain_*.pth`), a timm "
-        "state dict or safetensors, `hub` (timm hub: the Hugging Face cache, else downloaded once) or null (random "
-        "init)",
+        "state dict or safetensors, local or `hf://OWNER/REPO/PATH[@REV]` on the Hugging Face hub, `hub` (timm hub: "
+        "the Hugging Face cache, else downloaded once) or null (random init)",
     )
     rgb_bands: list[int] | None = _opt(
         None,

@@ -8,6 +8,7 @@ never get a traceback from deep inside torch for their own mistakes.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -31,3 +32,16 @@ def error_reason(exc: BaseException) -> str:
         exc = exc.__cause__
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def one_line(err: BaseException) -> str:
+    """The message of a user error on one line.
+
+    An error raised in a DataLoader worker comes back with the worker's traceback inside its message ("Caught
+    SemisegError in DataLoader worker process 0. Original Traceback ..."): its last line holds the real message.
+    """
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = re.sub(r"^[\w.]*SemisegError: ", "", last)
+    return " ".join(text.split("\n")[0].split()) if "\n" in text else text

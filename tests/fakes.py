@@ -136,3 +136,57 @@ def load_shipped_config(path: Path):
         load_config(path)
     n = len(data["bands"])
     return load_config(path, [f"data.mean={[0.5] * n}", f"data.std={[0.25] * n}"])
+
+
+def write_geotiff(
+    path: Path, array: np.ndarray, x0: float = 500000, y0: float = 4000000, res: float = 0.5, **extra
+) -> Path:
+    """A uint8 GeoTIFF (bands x rows x cols) in UTM 18N with `res` m pixels, its top-left corner at (x0, y0);
+    `extra` goes to the profile (e.g. photometric="MINISBLACK" for four plain bands, not RGBA)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0], dtype="uint8",
+                   crs="EPSG:32618", transform=from_origin(x0, y0, res, res), **extra)  # fmt: skip
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(array)
+    return path
+
+
+def tiny_checkpoint(path: Path, task: str = "change_detection", seed: int = 0) -> Path:
+    """An exported `tiny` model (random weights, seeded) of the task: 2 classes for change detection, 3 else."""
+    import torch
+
+    from semiseg.models.checkpoints import export_model
+    from semiseg.models.segmentor import build_model
+
+    torch.manual_seed(seed)
+    cd = task == "change_detection"
+    model = build_model("tiny", 2 if cd else 3, "absdiff" if cd else "identity")
+    return export_model(
+        model, path, {"task": task, "classes": ["unchanged", "changed"] if cd else ["a", "b", "c"]}
+    )
+
+
+def change_pair(rng: np.random.Generator, size: tuple[int, int] = (40, 52)) -> tuple[np.ndarray, np.ndarray]:
+    """A random RGB before image and its after image with a bright block added (the change)."""
+    before = rng.integers(0, 255, (3, *size), dtype=np.uint8)
+    after = before.copy()
+    after[:, 5:20, 10:30] = 250
+    return before, after
+
+
+def fill_hub_cache(cache: Path, repo_id: str, files: dict[str, bytes], revision: str = "main") -> str:
+    """Put `files` into a Hugging Face cache folder the way `hf_hub_download` leaves them (refs/<revision> ->
+    snapshots/<commit>/<path>), so that the hub client finds them offline. Returns the fake commit hash."""
+    import hashlib
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repr(sorted(files)).encode()).hexdigest()
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    for name, data in files.items():
+        path = repo / "snapshots" / commit / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return commit

@@ -105,7 +105,7 @@ def test_prepare_whu_tiles_row_major_drops_edges_and_splits_80_10_10(tmp_path):
         write_tif(tmp_path / "label.tif", label),
     ]
     summary = prepare_whu(*paths, tmp_path / "dst", tile=TILE)
-    assert summary == {"written": 12, "skipped": 0, "train": 9, "val": 1, "test": 2}
+    assert summary == {"written": 12, "skipped": 0, "lists": "seeded", "train": 9, "val": 1, "test": 2}
     dst = tmp_path / "dst"
     names = sorted(p.name for p in (dst / "A").iterdir())
     assert names == [f"whucd_{i:05d}.png" for i in range(1, 13)]

@@ -12,7 +12,7 @@ import pytest
 import rasterio
 import yaml
 from conftest import SHARED_DATA
-from fakes import make_change_tiles, make_segmentation_benchmark
+from fakes import make_change_tiles, make_segmentation_benchmark, write_geotiff
 from rasterio.transform import from_origin
 
 from semicd.cli import build_parser as semicd_parser
@@ -71,10 +71,7 @@ def test_user_errors_are_one_line_with_non_zero_exit(cmd, message, tmp_path):
 
 
 def _geotiff(path: Path, array: np.ndarray, **extra) -> None:
-    profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0], dtype="uint8",
-                   crs="EPSG:32618", transform=from_origin(500000, 4000000, 0.5, 0.5), **extra)  # fmt: skip
-    with rasterio.open(path, "w", **profile) as ds:
-        ds.write(array)
+    write_geotiff(path, array, **extra)
 
 
 def test_segmentation_train_eval_predict_export(tmp_path, capsys):
@@ -193,7 +190,7 @@ def test_segmentation_splits_command(tmp_path, capsys):
 def test_change_detection_train_eval_predict(tmp_path, capsys):
     root = tmp_path / "levir"
     make_change_tiles(root)
-    sets = [f"data.root={root}", "data.split=20%", "data.crop_size=42", "data.batch_size=2", "data.workers=0",
+    sets = [f"data.root={root}", f"data.split={root / 'splits' / '20%'}", "data.crop_size=42", "data.batch_size=2", "data.workers=0",
             "model.encoder=tiny", "model.weights=null", "train.epochs=1"]  # fmt: skip
     args = [a for s in sets for a in ("--set", s)]
     run_dir = tmp_path / "run"

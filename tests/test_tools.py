@@ -121,3 +121,14 @@ def test_bench_predict_reports_throughput_memory_and_model_time():
         and row["peak_rss_mb"] > row["rss_before_predict_mb"] * 0.5
     )
     assert row["megapixels_per_s"] == pytest.approx(0.09 / row["total_s"], rel=0.05)
+
+
+def test_bench_predict_many_pairs_mode_reports_per_pair_overhead():
+    proc = run_tool("bench_predict.py", "--pairs", "2", "--sizes", "112", "--encoder", "tiny", "--window", "56",
+                    "--workers", "0", "--threads", "1")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    (row,) = json_lines(proc.stdout)
+    assert (
+        row["bench"] == "predict_pairs" and row["pairs"] == 2 and row["windows"] == 2 * 9
+    )  # 3 x 3 windows a pair
+    assert row["overhead_s_per_pair"] == pytest.approx((row["total_s"] - row["model_only_s"]) / 2, abs=0.01)

@@ -6,6 +6,14 @@ probabilities to disk), then times the model alone on the same number of windows
 The difference is what reading, blending and writing add. Prints one JSON line per size.
 
     python tools/bench_predict.py --sizes 2048 8192 --encoder small --device cpu
+
+Many-pairs mode (`--pairs N`): N synthetic pairs of `--sizes` px predicted as one batch (`semiseg.batch`, the code
+of `semicd predict --pairs`: one model load, then per pair open, check, predict, write the COG map and its polygons,
+record), against the model alone on the same windows; the per-pair overhead is the difference divided by N. With
+`--ranks R` the same batch also runs as `semicd predict --pairs` in one process and under
+`torchrun --nproc-per-node R`, end to end (start-up and model load included), for the speed-up.
+
+    python tools/bench_predict.py --pairs 4 --sizes 1024 --encoder small --workers 0 --ranks 2
 """
 
 from __future__ import annotations
@@ -92,6 +100,112 @@ def bench_one(args: argparse.Namespace) -> dict:
     }  # fmt: skip
 
 
+def write_pairs(folder: Path, n: int, size: int) -> Path:
+    """`n` before/after pairs and their pairs.csv."""
+    lines = []
+    for i in range(n):
+        write_scene(folder / f"a{i}.tif", size, 2 * i)
+        write_scene(folder / f"b{i}.tif", size, 2 * i + 1)
+        lines.append(f"a{i}.tif,b{i}.tif,pair{i}\n")
+    (folder / "pairs.csv").write_text("before,after,name\n" + "".join(lines))
+    return folder / "pairs.csv"
+
+
+def model_only_seconds(predictor, n_windows: int, window: int, batch_size: int, device) -> float:
+    """The model alone on `n_windows` windows of random data, batch by batch (after one warm-up batch)."""
+    batch = tuple(torch.randint(0, 256, (batch_size, 3, window, window), dtype=torch.uint8) for _ in range(2))
+    predictor(batch)
+    sync(device)
+    t0 = time.perf_counter()
+    for done in range(0, n_windows, batch_size):
+        predictor(tuple(x[: min(batch_size, n_windows - done)] for x in batch))
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def bench_pairs(args: argparse.Namespace) -> dict:
+    """One batch of `args.pairs` pairs in this process, against the model alone on the same windows."""
+    from functools import partial
+
+    from semicd.task import TASK
+    from semiseg.api import predict
+    from semiseg.batch import BatchOutputs, predict_jobs, read_jobs
+    from semiseg.geo.windows import make_grid
+    from semiseg.models.checkpoints import export_model, load_model
+    from semiseg.models.segmentor import build_model
+    from semiseg.predict import make_predictor
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        jobs = read_jobs(write_pairs(tmp, args.pairs, args.size), ("before", "after"))
+        checkpoint = export_model(
+            build_model(args.encoder, TASK.nclass, TASK.fusion), tmp / "model", {"task": TASK.name}
+        )
+        model = load_model(checkpoint)
+        one = partial(predict, model, progress=False, device=device, amp=args.amp, window=args.window,
+                      overlap=args.overlap, batch_size=args.batch_size, num_workers=args.workers)  # fmt: skip
+        start = time.perf_counter()
+        rows = predict_jobs(
+            one, jobs, tmp / "out", model.meta["source_sha256"], BatchOutputs("gpkg"), progress=False
+        )
+        total = time.perf_counter() - start
+        failed = [r["error"] for r in rows if r["status"] != "done"]
+        if failed:
+            raise SystemExit(f"the batch failed: {failed[0]}")
+    n_windows = args.pairs * len(
+        make_grid(args.size, args.size, args.window, args.overlap, model.patch_size).tiles
+    )
+    model_s = model_only_seconds(
+        make_predictor(model, device, args.amp), n_windows, args.window, args.batch_size, device
+    )
+    return {
+        "bench": "predict_pairs", "pairs": args.pairs, "size": args.size, "encoder": args.encoder,
+        "window": args.window, "overlap": args.overlap, "batch_size": args.batch_size, "workers": args.workers,
+        "windows": n_windows, "total_s": round(total, 2), "model_only_s": round(model_s, 2),
+        "overhead_s_per_pair": round((total - model_s) / args.pairs, 3),
+        "overhead_percent": round(100 * (total - model_s) / model_s, 1), **environment(device),
+    }  # fmt: skip
+
+
+def bench_ranks(args: argparse.Namespace) -> dict:
+    """`semicd predict --pairs` end to end in one process and under torchrun with `args.ranks` processes."""
+    import os
+    import subprocess
+
+    from semiseg.models.checkpoints import export_model
+    from semiseg.models.segmentor import build_model
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        pairs = write_pairs(tmp, args.pairs, args.size)
+        checkpoint = export_model(
+            build_model(args.encoder, 2, "absdiff"), tmp / "model", {"task": "change_detection"}
+        )
+        command = ["-m", "semicd", "predict", "--pairs", str(pairs), "--checkpoint", str(checkpoint),
+                   "--window", str(args.window), "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
+                   "--workers", str(args.workers), "--device", args.device]  # fmt: skip
+        launchers = {
+            "one_process_s": [sys.executable],
+            f"torchrun_{args.ranks}_s": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                         "--nproc-per-node", str(args.ranks)],
+        }  # fmt: skip
+        seconds = {}
+        for key, launcher in launchers.items():
+            start = time.perf_counter()
+            run = subprocess.run([*launcher, *command, "--out-dir", str(tmp / key)], env=env, capture_output=True,
+                                 text=True)  # fmt: skip
+            seconds[key] = round(time.perf_counter() - start, 2)
+            if run.returncode != 0:
+                raise SystemExit(f"{key} failed: {run.stderr.strip().splitlines()[-1:]}")
+    one, many = seconds.values()
+    return {"bench": "predict_ranks", "pairs": args.pairs, "size": args.size, "encoder": args.encoder,
+            "ranks": args.ranks, **seconds, "speedup": round(one / many, 2), "cpus": os.cpu_count()}  # fmt: skip
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192], help="scene sides in px")
@@ -104,6 +218,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
     p.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()))
+    p.add_argument("--pairs", type=int, default=0, help="many-pairs mode: this many pairs of each size")
+    p.add_argument(
+        "--ranks", type=int, default=0, help="many-pairs mode: also time torchrun with this many ranks"
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -111,9 +229,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
-        print(json.dumps(bench_one(args)))
+        print(json.dumps(bench_pairs(args) if args.pairs else bench_one(args)))
         return
-    common = ["--encoder", args.encoder, "--window", str(args.window), "--overlap", str(args.overlap),
+    if args.pairs and args.ranks:
+        for size in args.sizes:
+            args.size = size
+            print(json.dumps(bench_ranks(args)))
+    common = ["--pairs", str(args.pairs), "--encoder", args.encoder, "--window", str(args.window), "--overlap", str(args.overlap),
               "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", args.device,
               "--amp", args.amp, "--threads", str(args.threads)]  # fmt: skip
     for result in run_workers(Path(__file__), [["--size", str(s)] for s in args.sizes], common):

@@ -32,7 +32,7 @@ def build_change_tiles(cfg: Config, request: DataRequest) -> DataBundle:
     if request.training and split is None:
         raise SemisegError(
             f"data.split is not set: make SemiCD splits with `semicd splits --root {root} --out {root / 'splits'}` "
-            "and pass --set data.split=5%, or a folder holding labeled.txt/unlabeled.txt"
+            f"and pass --set data.split={root / 'splits' / '5%'}, or a folder holding labeled.txt/unlabeled.txt"
         )
     near = (split, split.parent if split else None, root)  # where list names are looked up, in this order
     unlabeled = resolve_list(d.unlabeled_list, *near) if d.unlabeled_list else None

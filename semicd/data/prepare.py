@@ -27,10 +27,14 @@ from semiseg.geo.pair import StretchRule, open_raster, stretch_limits
 from semiseg.io import IMAGE_EXTENSIONS, read_rgb, save_png_atomic, write_lines_atomic
 
 from .geotiff_pair import to_uint8
+from .official import official_sets
 from .tiles import label_to_binary, read_change_label
 
 LEVIR_SPLITS = ("train", "val", "test")
-WHU_SPLIT_FRACTIONS = (0.8, 0.1)  # train, val; the rest is test (5947 / 743 / 744 of 7434 tiles)
+WHU_SPLIT_FRACTIONS = (
+    0.8,
+    0.1,
+)  # train, val; the rest is test: our draw when the tiles are not the official ones
 
 
 def _tiles(array: np.ndarray, tile: int) -> list[np.ndarray]:
@@ -128,10 +132,15 @@ def prepare_whu(
 ) -> dict[str, int]:
     """Cut the WHU-CD aerial pair into `tile`-pixel tiles `whucd_NNNNN.png` (1-based, row-major).
 
+    Naming rule: tile (r, c) of a grid with `cols` columns is number r * cols + c + 1, written with at least
+    5 digits (`whucd_00001.png` top-left, `whucd_00126.png` the end of the first row of the full scene).
     Incomplete tiles along the right and bottom edges are dropped (32507 x 15354 px gives 126 x 59 = 7434
-    tiles, the count the SemiCD splits assume). The scene is read one tile row at a time with rasterio
-    windows, never whole. Labels are written 0/255. The train/val/test lists (80 / 10 / 10 %: 5947 / 743 /
-    744) are a seeded random assignment of ours; prefer the official SemiCD lists when you have them.
+    tiles: `whucd_00001` ... `whucd_07434`, exactly the names of the official lists). The scene is read one tile
+    row at a time with rasterio windows, never whole. Labels are written 0/255.
+
+    The train/val/test lists: when the tiles are exactly the official names, the official lists shipped in
+    `datasets/whu_cd/` (5947 / 743 / 744); otherwise (a crop, another tile size) a seeded 80 / 10 / 10 random
+    assignment of ours (`seed`). The summary says which (`lists`: `official` or `seeded`).
     """
     paths = [Path(before_tif), Path(after_tif), Path(label_tif)]
     dst = Path(dst)
@@ -168,15 +177,28 @@ def prepare_whu(
     finally:
         for src in sources:
             src.close()
+    parts, summary["lists"] = whu_lists(names, seed)
+    for split, members in parts.items():
+        write_lines_atomic(dst / f"{split}.txt", members)
+        summary[split] = len(members)
+    return summary
+
+
+def whu_lists(names: Sequence[str], seed: int = 0) -> tuple[dict[str, list[str]], str]:
+    """({"train", "val", "test": names}, "official" | "seeded") for the WHU-CD tiles `names`.
+
+    The official lists when `names` are exactly the official tiles, else a seeded 80 / 10 / 10 draw of ours
+    (each list in tile order).
+    """
+    official = official_sets("whu_cd")
+    if sorted(names) == sorted(n for members in official.values() for n in members):
+        return official, "official"
     order = np.random.default_rng(seed).permutation(len(names))
     n_train = math.floor(WHU_SPLIT_FRACTIONS[0] * len(names) + 1e-9)
     n_val = math.floor(WHU_SPLIT_FRACTIONS[1] * len(names) + 1e-9)
-    parts = {
+    cuts = {
         "train": order[:n_train],
         "val": order[n_train : n_train + n_val],
         "test": order[n_train + n_val :],
     }
-    for split, indices in parts.items():
-        write_lines_atomic(dst / f"{split}.txt", [names[i] for i in sorted(indices)])
-        summary[split] = len(indices)
-    return summary
+    return {split: [names[i] for i in sorted(indices)] for split, indices in cuts.items()}, "seeded"

@@ -1,13 +1,16 @@
-"""SemiCD labeled/unlabeled splits for change-detection tiles.
+"""Seeded labeled/unlabeled splits for change-detection tiles (the SemiCD rule), for datasets without official lists.
 
-The SemiCD rule (also used by UniMatch V2's remote-sensing splits): shuffle the train list with seed 10 and
-take the first floor(p * N) names as labeled, the rest as unlabeled. Every percentage cuts the *same* shuffled
-order, so the splits are nested (the 5 % labeled set is inside the 10 % one, and so on).
+These do NOT reproduce the official LEVIR-CD / WHU-CD lists: for all 8 (dataset, percentage) cells the labeled
+set differs. The official lists ship in `datasets/levir_cd/` and `datasets/whu_cd/` (`semicd.data.official`) and
+are what the `levir_cd` / `whu_cd` configs use; compare with published numbers only on those.
+
+The rule: shuffle the train list with seed 10 and take the first floor(p * N) names as labeled, the rest as
+unlabeled. Every percentage cuts the *same* shuffled order, so the splits are nested (the 5 % labeled set is inside
+the 10 % one, and so on).
 
 How we shuffle, exactly: the names are sorted (so that the result does not depend on directory listing order),
 then `random.Random(seed).shuffle(names)` (Python's Mersenne Twister; identical to `random.seed(seed);
-random.shuffle(names)`). Our lists are reproducible from the same train list, but we cannot promise they equal
-the files distributed with SemiCD: use those files when you have them.
+random.shuffle(names)`). Our lists are reproducible from the same train list; the counts match the official ones.
 """
 
 from __future__ import annotations

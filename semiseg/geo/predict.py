@@ -270,18 +270,11 @@ def predict_raster(
             if probs_path is not None or polygons_path is not None:
                 target = probs_path if probs_path is not None else temp_path_for(out_path, ".probs.tif")
                 probs_out = stack.enter_context(StreamingGeoTiff(target, tags=run_tags, **geo))
-            stats, k = _stream(
-                scene,
-                grid,
-                predictor,
-                class_out,
-                probs_out,
-                threshold,
-                tta,
-                batch_size,
-                num_workers,
-                progress,
-            )
+            stats = _Stats()
+            k, stats.nonfinite = stream_windows(
+                WindowDataset(scene.sources, grid), grid, predictor,
+                _strip_writer(class_out, probs_out, stats, threshold), tta, batch_size, num_workers, progress,
+            )  # fmt: skip
             k = k or num_classes or 2
             names = class_names_for(k, class_names or run_tags.get("classes"))
             colours = class_colormap(k)
@@ -361,28 +354,13 @@ def _write_polygons(
     return count
 
 
-def _stream(
-    scene, grid: TileGrid, predictor, class_out, probs_out, threshold, tta, batch_size, num_workers, progress
-) -> tuple[_Stats, int | None]:
-    """The streaming loop: read, predict, blend, and write each strip of rows once it is final."""
-    dataset = WindowDataset(scene.sources, grid)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
-        worker_init_fn=outlive_group_sigterm,
-    )
-    blender = StripBlender(grid)
-    stats = _Stats()
-    strip = 0
-    done_px = 0
-    start = time.perf_counter()
-    bar = tqdm(total=len(grid), unit="win", desc="predict", disable=not progress or not sys.stderr.isatty())
+StripSink = Callable[[int, "np.ndarray | None", np.ndarray], None]
 
-    def write(until_row: int) -> None:
-        row, probs, valid = blender.flush(until_row)
+
+def _strip_writer(class_out, probs_out, stats: _Stats, threshold: float | None) -> StripSink:
+    """A strip sink that decides each strip (argmax or threshold) and writes classes and scores to the rasters."""
+
+    def write(row: int, probs: np.ndarray | None, valid: np.ndarray) -> None:
         classes = np.full(valid.shape, NODATA, dtype=np.uint8)
         score = np.full(valid.shape, NODATA, dtype=np.uint8)
         if probs is not None:
@@ -394,18 +372,50 @@ def _stream(
             probs_out.write_rows(row, score)
         stats.add(classes)
 
+    return write
+
+
+def stream_windows(
+    dataset: Dataset, grid: TileGrid, predictor, sink: StripSink, tta: bool, batch_size: int, num_workers: int,
+    progress: bool,
+) -> tuple[int | None, int]:  # fmt: skip
+    """The streaming loop: read, predict, blend, and hand each strip of rows to `sink(row, probs, valid)` once it
+    is final (probs K x h x w, None when no window of the strip had a valid pixel). Returns the class count (None
+    when nothing was predicted) and the NaN/Inf input pixels the windows reported.
+
+    `dataset[i]` gives (images, valid, nonfinite, i) for window i of `grid`: `WindowDataset` for rasters on
+    disk, `semiseg.api` for arrays in memory; both go through this one loop, so they blend alike.
+    """
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=outlive_group_sigterm,
+    )
+    blender = StripBlender(grid)
+    nonfinite_total = 0
+    strip = 0
+    done_px = 0
+    start = time.perf_counter()
+    bar = tqdm(total=len(grid), unit="win", desc="predict", disable=not progress or not sys.stderr.isatty())
+
+    def write(until_row: int) -> None:
+        sink(*blender.flush(until_row))
+
     batches = iter(loader)
     try:
         with deferred_stop():  # a signal is acted on between batches (see semiseg.stopping)
             for images, valid, nonfinite, indices in batches:
                 check_stop()
-                stats.nonfinite += int(nonfinite.sum())
+                nonfinite_total += int(nonfinite.sum())
                 has_data = valid.flatten(1).any(1)
                 keep = torch.nonzero(has_data).flatten()
                 probs = run_predictor(predictor, tuple(x[keep] for x in images), tta) if len(keep) else None
                 slot = {b: j for j, b in enumerate(keep.tolist())}  # batch position -> row of `probs`
                 for b, index in enumerate(indices.tolist()):
-                    tile = dataset.tiles[index]
+                    tile = grid.tiles[index]
                     if tile.row_index != strip:
                         write(grid.row_starts[tile.row_index])
                         strip = tile.row_index
@@ -418,9 +428,11 @@ def _stream(
         # Workers go now, not when the iterator is collected: an error's traceback can keep it alive until exit.
         getattr(batches, "_shutdown_workers", lambda: None)()
         bar.close()
-        dataset.close()
+        close = getattr(dataset, "close", None)
+        if close is not None:
+            close()
     k = None if blender.acc is None else int(blender.acc.shape[0])
-    return stats, k
+    return k, nonfinite_total
 
 
 def _summary(

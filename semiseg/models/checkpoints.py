@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from semiseg.errors import SemisegError
+from semiseg.hub import resolve_path
 from semiseg.io import atomic_paths
 from semiseg.models.encoder import check_keys, read_state_dict
 from semiseg.models.segmentor import Segmentor
@@ -184,6 +185,7 @@ def _weights_and_meta(path: Path, which: str) -> tuple[dict[str, torch.Tensor], 
 def load_model(path: str | os.PathLike, task: str | None = None, which: str = "auto") -> Segmentor:
     """Load any checkpoint the toolkit knows and return a ready (eval-mode, CPU) model.
 
+    `path`: a local file or `hf://OWNER/REPO/PATH[@REVISION]` on the Hugging Face hub (`semiseg.hub`).
     `task` (a task name such as `segmentation` or `change_detection`) is checked against the checkpoint when
     it records one, and inferred from the weights otherwise (official checkpoints do not record it; see
     `semiseg.task.infer_task`). `which` picks `ema` (the teacher) or `model` (the student) when the file holds
@@ -191,7 +193,7 @@ def load_model(path: str | os.PathLike, task: str | None = None, which: str = "a
     The returned model carries `model.meta`: task, nclass, encoder, patch size, mean, std, classes, source hash;
     `model.mean` / `model.std` are the normalisation it was trained with.
     """
-    path = Path(path)
+    path = resolve_path(path)  # a local file, or hf://OWNER/REPO/PATH[@REV] from the Hugging Face cache
     state, meta = _weights_and_meta(path, which)
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SemisegError(f"{path}: the weights entry is not a tensor dict")

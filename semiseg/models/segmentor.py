@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from semiseg.errors import SemisegError
+from semiseg.hub import is_hub_path, resolve_path
 from semiseg.models.dpt import DPTHead
 from semiseg.models.encoder import Encoder
 from semiseg.models.specs import EncoderSpec, encoder_spec
@@ -126,11 +127,13 @@ def build_model(
     weights: str | None = None,
     rgb_bands: tuple[int, ...] | None = None,
 ) -> Segmentor:
-    """A fresh model, with encoder weights from `weights` (a file, `hub`, or None for random init).
+    """A fresh model, with encoder weights from `weights` (a file, `hf://OWNER/REPO/PATH[@REV]`, `hub`, or None
+    for random init).
 
     `encoder` is a name or a spec (`spec.with_input(mean, std)` for other bands); `rgb_bands` says which input
     bands are red, green, blue when RGB weights are adapted to them (see `semiseg.models.bands`).
     """
     model = Segmentor(encoder, nclass, fusion)
+    weights = str(resolve_path(weights)) if is_hub_path(weights) else weights  # hf://... -> the cached file
     model.encoder.load_pretrained(weights, rgb_bands)
     return model

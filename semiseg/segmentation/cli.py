@@ -10,10 +10,13 @@ from pathlib import Path
 
 from semiseg.cli import (
     CHECKPOINT_HELP,
+    add_batch_options,
     add_command,
     add_scene_options,
     add_suggest_options,
+    is_batch,
     make_parser,
+    predict_batch_command,
     predict_scene_command,
     record_command,
     run_cli,
@@ -44,11 +47,22 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     return suggest_command(args, TASK, [args.image])
 
 
+IMAGE_COLUMNS = ("image",)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    if args.image:
+    if args.scenes_csv is not None or args.image:
+        if args.input:
+            raise SemisegError("--input (plain images) goes alone: drop --image / --images")
+        if is_batch(args, "images", ("image",)):
+            return predict_batch_command(args, TASK, IMAGE_COLUMNS)
         return predict_scene_command(args, TASK, [args.image])
     if not args.input:
-        raise SemisegError("give --image scene.tif (GeoTIFF) or --input folder/ (plain images)")
+        raise SemisegError(
+            "give --image scene.tif (GeoTIFF), --input folder/ (plain images) or --images scenes.csv (many GeoTIFFs)"
+        )
+    if not args.out:
+        raise SemisegError("--input needs --out (the mask folder)")
     from semiseg.devices import pick_device
     from semiseg.models.checkpoints import load_model
     from semiseg.predict import predict_folder
@@ -67,7 +81,8 @@ EXAMPLES = {
     "eval": "semiseg eval --checkpoint runs/pascal92/best.pt --set data.root=/data/VOC2012",
     "suggest": "semiseg suggest --checkpoint runs/landcover/best.pt --image scene.tif --areas labeled.gpkg --out next.gpkg",
     "predict": "semiseg predict --checkpoint runs/pascal92/best.pt --input photos/ --out masks/\n"
-    "semiseg predict --checkpoint runs/landcover/best.pt --image scene.tif --out classes.tif",
+    "semiseg predict --checkpoint runs/landcover/best.pt --image scene.tif --out classes.tif\n"
+    "semiseg predict --checkpoint runs/landcover/best.pt --images scenes.csv --out-dir maps/   # columns image[,name]",
     "splits": "semiseg splits --dataset pascal --root /data/VOC2012 --labeled 92 --out datasets/pascal/92",
 }
 
@@ -87,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--input", help="folder (or single file) of images; writes <out>/<name>.png palette masks")
     p.add_argument("--image", help="a GeoTIFF scene; writes a georeferenced class map to --out")
-    p.add_argument("--out", required=True, help="mask folder (--input) or class-map GeoTIFF (--image)")
+    p.add_argument("--out", help="mask folder (--input) or class-map GeoTIFF (--image)")
     add_scene_options(p)
+    add_batch_options(p, "images", IMAGE_COLUMNS)
 
     p = add_command(
         sub,
