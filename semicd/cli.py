@@ -15,12 +15,14 @@ from semiseg.cli import (
     add_reading_options,
     add_scene_options,
     add_suggest_options,
+    add_view_command,
     make_parser,
     predict_scene_command,
     pseudolabels_command,
     record_command,
     run_cli,
     suggest_command,
+    view_command,
 )
 from semiseg.errors import SemisegError
 
@@ -31,6 +33,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_suggest(args: argparse.Namespace) -> int:
     return suggest_command(args, TASK, [args.before, args.after])
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    return view_command(args, [args.before, args.after], args.change, ("before", "after"))
 
 
 def cmd_pseudolabels(args: argparse.Namespace) -> int:
@@ -101,6 +107,7 @@ EXAMPLES = {
     " --n 20 --out next.gpkg",
     "pseudolabels": "semicd pseudolabels --before 2019.tif --after 2023.tif --checkpoint runs/scene/best.pt"
     " --areas labeled.gpkg --min-prob 0.9 --out review.gpkg",
+    "view": "semicd view --before 2019.tif --after 2023.tif --change change.tif --polygons change.gpkg --out view/",
     "prepare": "semicd prepare levir --src /data/LEVIR-CD --out /data/LEVIR-CD-256",
     "splits": "semicd splits --root /data/LEVIR-CD-256 --out /data/LEVIR-CD-256/splits",
     "demo": "semicd demo --out demo/",
@@ -127,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold", type=float, default=None, help="change where P(change) >= this (default: argmax)"
     )
     add_scene_options(p)
+
+    p = add_view_command(
+        sub, cmd_view, "a web map of before / after / change: one offline folder, open index.html in any browser",
+        EXAMPLES["view"],
+        [("--before", "GeoTIFF of the earlier date (the map's grid)"), ("--after", "GeoTIFF of the later date"),
+         ("--change", "the change map predict wrote for the pair (same grid)")],
+    )  # fmt: skip
+    p.add_argument(
+        "--align", choices=["error", "reproject"], default="error",
+        help="what to do when the dates' grids differ: stop, or warp --after onto --before (as predict did)",
+    )  # fmt: skip
 
     p = add_command(
         sub, "suggest", cmd_suggest, "the windows of a scene most worth labelling next (uncertain and spread out)",
