@@ -95,6 +95,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     result = run_demo(args.out, size=args.size, iters=args.iters, seed=args.seed, rounds=args.rounds)
     print(json.dumps(result, indent=2))
+    print(f"see the result: open {result['paths']['view']} in a browser (offline)")
     return 0
 
 
