@@ -231,40 +231,40 @@ def _page_content(scene, pyramid, roles, classes, probs, names, colours, tags, t
         what = "P(change)" if len(roles) == 2 else "probability"
         overlays.append(PageLayer("probs", "png", what, visible=False, smooth=False, alpha=0.8))
     legend = [(name, _hex(colours[c])) for c, name in enumerate(names) if colours.get(c, (0, 0, 0, 0))[3]]
-    facts = [
-        (role, f"{Path(s.path).name}" + (f" ({s.date})" if s.date else ""))
-        for role, s in zip(roles, scene.sources)
-    ]
-    facts.append(("class map", Path(classes).name))
-    if probs is not None:
-        facts.append(("probabilities", Path(probs).name))
-    model = tags.get("checkpoint")
-    if model:
-        sha = tags.get("checkpoint_sha256")
-        facts.append(("model", model + (f" (sha256 {sha})" if sha else "")))
-    facts += [
-        ("CRS", short_crs(scene.crs)),
-        ("pixel", f"{pyramid.pixel_size:g} CRS units"),
-        ("size", f"{scene.width} x {scene.height} px"),
-        ("display stretch", scene.stretch),
-    ]
-    if pyramid.max_level < pyramid.full_level:
-        facts.append(
-            (
-                "finest level",
-                f"1/{2 ** (pyramid.full_level - pyramid.max_level)} of full resolution (--max-zoom)",
-            )
-        )
     metre = (
         scene.crs is not None
         and scene.crs.is_projected
         and (scene.crs.linear_units or "").lower() in ("metre", "meter", "m")
     )
-    what = " / ".join(roles)
     return PageContent(
-        title=title or f"{what}: {Path(classes).name}", pyramid=pyramid, images=images, overlays=overlays,
-        legend=legend, facts=facts, metre_units=metre,
+        title=title or f"{' / '.join(roles)}: {Path(classes).name}", pyramid=pyramid, images=images,
+        overlays=overlays, legend=legend, facts=_facts(scene, pyramid, roles, classes, probs, tags, metre),
+        metre_units=metre,
     )  # fmt: skip
+
+
+def _facts(scene, pyramid: Pyramid, roles, classes, probs, tags, metre: bool) -> list[tuple[str, str]]:
+    """What the page says beside the map: the files and their dates, the model, the grid, the stretch."""
+    facts = [
+        (role, Path(s.path).name + (f" ({s.date})" if s.date else ""))
+        for role, s in zip(roles, scene.sources)
+    ]
+    facts.append(("class map", Path(classes).name))
+    if probs is not None:
+        facts.append(("probabilities", Path(probs).name))
+    if tags.get("checkpoint"):
+        sha = tags.get("checkpoint_sha256")
+        facts.append(("model", tags["checkpoint"] + (f" (sha256 {sha})" if sha else "")))
+    facts += [
+        ("CRS", short_crs(scene.crs)),
+        ("pixel", f"{pyramid.pixel_size:g} {'m' if metre else 'CRS units'}"),
+        ("size", f"{scene.width} x {scene.height} px"),
+        ("display stretch", scene.stretch),
+    ]
+    if pyramid.max_level < pyramid.full_level:
+        coarser = 2 ** (pyramid.full_level - pyramid.max_level)
+        facts.append(("finest level", f"1/{coarser} of full resolution (--max-zoom)"))
+    return facts
 
 
 def _polygon_layer(path, crs, colours, names) -> dict:

@@ -90,7 +90,7 @@ def build_page(content: PageContent) -> str:
 
 
 def _map(content: PageContent):
-    from bokeh.models import ColumnDataSource, CustomJS, Slider, TapTool, Tooltip
+    from bokeh.models import ColumnDataSource, CustomJS, Div, Slider, TapTool, Tooltip
     from bokeh.plotting import figure
 
     p = content.pyramid
@@ -135,12 +135,11 @@ def _map(content: PageContent):
             nonselection_line_alpha=1.0,
         )  # fmt: skip
         renderers["polygons"] = polygons
-        popup = Tooltip(
-            content="", position=None, visible=False, closable=True, name="popup", interactive=True
-        )
+        text = Div(text="", name="popup_text")
+        popup = Tooltip(content=text, visible=False, closable=True, name="popup", interactive=True)
         fig.elements.append(popup)
         tap = TapTool(renderers=[polygons], behavior="select", mode="replace")
-        tap.callback = CustomJS(args=dict(source=source, popup=popup), code=POPUP_JS)
+        tap.callback = CustomJS(args=dict(source=source, popup=popup, text=text), code=POPUP_JS)
         # a click beside every polygon clears the selection: the popup goes with it
         source.selected.js_on_change(
             "indices",
@@ -158,7 +157,7 @@ const i = source.selected.indices[0];
 if (i === undefined) { popup.visible = false; return; }
 const d = source.data;
 const p = d.mean_prob[i];
-popup.content = `<b>${d.class_name[i]}</b> (polygon ${d.id[i]})<br>area ${d.area_m2[i].toFixed(1)} m²` +
+text.text = `<b>${d.class_name[i]}</b> (polygon ${d.id[i]})<br>area ${d.area_m2[i].toFixed(1)} m²` +
   `<br>mean probability ${Number.isFinite(p) ? p.toFixed(3) : "not recorded"}`;
 popup.position = [cb_data.geometries.sx, cb_data.geometries.sy];
 popup.visible = true;

@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -107,6 +108,32 @@ def test_tiles_follow_the_pyramid_and_nodata_is_transparent(scene):
     classes = np.array(Image.open(folder / "classes" / "0" / "0" / "0.png").convert("RGBA"))
     assert (classes[CHANGE[0], CHANGE[1]] == (255, 0, 0, 255)).all()
     assert classes[:H, : NODATA_COLS.start][..., 3].sum() == 255 * 30 * 40  # only the change is drawn
+
+
+def test_pyramid_levels_cover_the_scene_and_max_zoom_stops_them(tmp_path):
+    pyramid = make_pyramid(600, 300, from_origin(0, 300, 1, 1))
+    assert pyramid.full_level == 2 and pyramid.initial_resolution == 4  # level 0: one tile of 1024 scene px
+    assert [(x, y) for x, y, _ in pyramid.tiles(2)] == [(0, 3), (1, 3), (2, 3), (0, 2), (1, 2), (2, 2)]
+    assert pyramid.count() == 1 + 2 + 6
+    data = np.full((3, 300, 600), 90, np.uint8)
+    profile = dict(driver="GTiff", width=600, height=300, dtype="uint8", crs="EPSG:32631")
+    with rasterio.open(
+        tmp_path / "a.tif", "w", count=3, transform=from_origin(0, 300, 1, 1), **profile
+    ) as ds:
+        ds.write(data)
+    with rasterio.open(
+        tmp_path / "c.tif", "w", count=1, transform=from_origin(0, 300, 1, 1), **profile
+    ) as ds:
+        ds.write(data[:1] * 0 + 1)
+    summary = build_view(
+        [tmp_path / "a.tif"], tmp_path / "c.tif", tmp_path / "v", roles=("image",), max_zoom=1
+    )
+    assert sorted(p.name for p in (tmp_path / "v" / "image").iterdir()) == ["0", "1"]
+    assert summary["levels"] == 2 and summary["tiles_written"]["image"] == 3
+    with pytest.raises(view_module.SemisegError, match="levels go from 0"):
+        build_view([tmp_path / "a.tif"], tmp_path / "c.tif", tmp_path / "w", roles=("image",), max_zoom=3)
+    with pytest.raises(view_module.SemisegError, match="square pixels"):
+        make_pyramid(600, 300, from_origin(0, 300, 1, 2))
 
 
 def test_uint16_dates_share_one_display_stretch(tmp_path):
@@ -307,7 +334,7 @@ def test_click_on_polygon_opens_its_popup(browser, scene):
     browser.click(x, y)
     browser.wait_for('Bokeh.documents[0].get_model_by_name("popup").visible', "a popup")
     browser.evaluate(FRAMES)
-    text = browser.evaluate('Bokeh.documents[0].get_model_by_name("popup").content')
+    text = browser.evaluate('Bokeh.documents[0].get_model_by_name("popup_text").text')
     assert f"area {polygons['area_m2'].iloc[0]:.1f} m²" in text
     assert f"mean probability {polygons['mean_prob'].iloc[0]:.3f}" in text and "changed" in text
     shown = browser.evaluate(
@@ -362,8 +389,26 @@ def test_demo_scene_view_draws_truth_outlines_and_saves_screenshot(browser, tmp_
     rows, cols = np.nonzero(far[::9, ::9])
     away = [cyan(shot[y, x]) for x, y in screen_points(browser, list(zip(rows * 9, cols * 9)), transform)]
     assert np.mean(away) < 0.01
-    small = Image.fromarray(shot).convert("RGB").resize((900, 600), Image.LANCZOS).quantize(96)
-    small.save(tmp_path / "view.png", optimize=True)
+    # the picture for the README: the popup of the largest polygon open, kept small (palette PNG)
+    polygons = gpd.read_file(tmp_path / "change.gpkg", layer="change")
+    point = polygons.geometry.iloc[int(polygons["area_m2"].argmax())].representative_point()
+    ((x, y),) = browser.evaluate(f"{TO_SCREEN}([[{point.x}, {point.y}]])")
+    browser.click(x, y)
+    browser.wait_for('Bokeh.documents[0].get_model_by_name("popup").visible', "a popup")
+    browser.evaluate(FRAMES)
+    picture = screenshot_png(browser.screenshot(), tmp_path / "view.png")
+    assert picture.stat().st_size < 200_000
     target = os.environ.get("SEMICD_VIEW_SCREENSHOT")
     if target:
-        small.save(target, optimize=True)
+        shutil.copyfile(picture, target)
+
+
+def screenshot_png(shot: np.ndarray, path: Path) -> Path:
+    """A small palette PNG of a screenshot; the outline cyan and the change red kept as exact palette entries."""
+    image = Image.fromarray(shot).resize((960, 640), Image.LANCZOS)
+    fixed = [0, 255, 255, 255, 0, 0, 255, 255, 255, 0, 0, 0]
+    palette = Image.new("P", (1, 1))
+    colours = np.array(image.quantize(60, method=Image.Quantize.MEDIANCUT).getpalette()[: 60 * 3]).tolist()
+    palette.putpalette(fixed + colours)
+    image.quantize(palette=palette, dither=Image.Dither.NONE).save(path, optimize=True)
+    return path
