@@ -17,8 +17,10 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -167,32 +169,47 @@ def _check_size(pyramid: Pyramid, max_zoom: int | None, yes: bool) -> None:
 def _write_tiles(
     scene, pyramid: Pyramid, folder: Path, classes, probs, colours, roles, progress: bool
 ) -> dict:
-    """Tiles of the dates, the class map and the probabilities; returns the files written per layer."""
-    layers = len(scene.sources) + 1 + (probs is not None)
+    """Tiles of the dates, the class map and the probabilities, one thread per layer (GDAL's reads and the image
+    encoders release the GIL; each thread opens its own handle); returns the files written per layer."""
     bar = tqdm(
-        total=pyramid.count() * layers,
+        total=pyramid.count() * (len(scene.sources) + 1 + (probs is not None)),
         unit="tile",
         desc="view",
         disable=not progress or not sys.stderr.isatty(),
     )
-    counts = {}
+
+    cancelled = threading.Event()  # set when the main thread leaves early (an error, Ctrl-C, SIGTERM)
+
+    def tick(n: int) -> None:
+        if cancelled.is_set():
+            raise CancelledError("view interrupted")
+        bar.update(n)
+
+    def image_layer(role: str, source) -> int:
+        handle = open_source(source)
+        try:
+            reader = image_tile_reader(handle, source, scene.height, scene.width)
+            return write_layer(pyramid, folder / role, reader, "webp", tick)
+        finally:
+            close_source(handle)
+
+    def lookup_layer(name: str, path, table: np.ndarray) -> int:
+        with rasterio.open(path) as handle:
+            return write_layer(pyramid, folder / name, lookup_tile_reader(handle, table), "png", tick)
+
     try:
-        for role, source in zip(roles, scene.sources):
-            handle = open_source(source)
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            jobs = {role: pool.submit(image_layer, role, s) for role, s in zip(roles, scene.sources)}
+            jobs["classes"] = pool.submit(lookup_layer, "classes", classes, class_table(colours))
+            if probs is not None:
+                jobs["probs"] = pool.submit(lookup_layer, "probs", probs, prob_table())
             try:
-                reader = image_tile_reader(handle, source, scene.height, scene.width)
-                counts[role] = write_layer(pyramid, folder / role, reader, "webp", bar.update)
-            finally:
-                close_source(handle)
-        for name, path, table in (("classes", classes, class_table(colours)), ("probs", probs, prob_table())):
-            if path is not None:
-                with rasterio.open(path) as handle:
-                    counts[name] = write_layer(
-                        pyramid, folder / name, lookup_tile_reader(handle, table), "png", bar.update
-                    )
+                return {name: job.result() for name, job in jobs.items()}
+            except BaseException:
+                cancelled.set()  # the other layers stop at their next tile, before the pool is left
+                raise
     finally:
         bar.close()
-    return counts
 
 
 def class_table(colours) -> np.ndarray:

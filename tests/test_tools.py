@@ -121,3 +121,13 @@ def test_bench_predict_reports_throughput_memory_and_model_time():
         and row["peak_rss_mb"] > row["rss_before_predict_mb"] * 0.5
     )
     assert row["megapixels_per_s"] == pytest.approx(0.09 / row["total_s"], rel=0.05)
+
+
+def test_bench_view_times_the_command_and_measures_the_folder():
+    proc = run_tool("bench_view.py", "--size", "300", "--repeat", "1")
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    (row,) = json_lines(proc.stdout)
+    assert row["pixels"] == "300 x 300" and row["levels"] == 2  # 300 px: levels 0 and 1 (full resolution)
+    assert row["tiles"]["before"] == row["tiles"]["after"] == 1 + 4
+    assert 0 < row["build_seconds"] and 0 < row["command_seconds_median"]
+    assert row["index_html_mb"] < row["folder_mb"] < 20

@@ -202,6 +202,22 @@ def test_cli_writes_view_with_its_record_and_replaces_an_old_view(tmp_path, scen
     assert [p.name for p in tmp_path.iterdir()] == ["v"]  # no temporary or old copy left
 
 
+def test_interrupted_build_leaves_the_previous_view_and_no_temporaries(tmp_path, scene, monkeypatch):
+    out = tmp_path / "v"
+    build_view([scene["before"], scene["after"]], scene["change"], out, progress=False, title="title-old")
+
+    def interrupted(handle, table):
+        def read(window, shape):
+            raise KeyboardInterrupt
+
+        return read
+
+    monkeypatch.setattr(view_module, "lookup_tile_reader", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_view([scene["before"], scene["after"]], scene["change"], out, progress=False, title="title-new")
+    assert "title-old" in (out / INDEX).read_text() and [p.name for p in tmp_path.iterdir()] == ["v"]
+
+
 def test_semiseg_view_shows_one_image_and_its_class_names(tmp_path, scene, capsys):
     out = tmp_path / "v"
     assert (
