@@ -93,7 +93,12 @@ def test_view_folder_is_self_contained_offline(scene):
     assert tags and not [t for t in tags if re.search(r"(src|href)=[\"']?(https?:)?//", t)]  # nothing fetched
     folder = scene["view"].parent
     assert (folder / "before" / "0" / "0" / "0.webp").exists()
-    assert (folder / "classes" / "0" / "0" / "0.png").exists()
+    assert (folder / "classes" / "0" / "0" / "0.png").exists() and (
+        folder / "probs" / "0" / "0" / "0.png"
+    ).exists()
+    assert (
+        "P(change)" in page and "toy.pt" in page
+    )  # the probability layer's switch; the model tag beside the map
     assert scene["summary"]["megabytes"] < 5
 
 
