@@ -39,6 +39,7 @@ from semiseg.view_page import PageContent, PageLayer, build_page, outline_column
 
 INDEX = "index.html"
 RECORD = "view.yaml"
+MARKER = ".semiseg-view"  # in every view folder: only such a folder is replaced by a new view
 # Above this many full-resolution pixels, building every level takes minutes: say so, offer --max-zoom or --yes.
 MAX_PIXELS_WITHOUT_ASKING = 256e6
 CLASS_OPACITY = 0.7
@@ -83,18 +84,22 @@ def build_view(
     names = tags["names"]
     colours = class_colormap(len(names))
 
+    content = _page_content(scene, pyramid, roles, classes, probs, names, colours, tags, title)
+    if polygons is not None:  # vectors first: a bad file is reported before minutes of tiling
+        content.polygons = _polygon_layer(polygons, scene.crs, colours, names)
+    if truth is not None:
+        content.outlines = outline_columns(_truth_geometries(truth, grid))
+        content.outline_title = f"reference outlines ({Path(truth).name})"
+
     remove_stale_temporaries(out)
     tmp = temp_path_for(out, "")
     tmp.mkdir()
     try:
         counts = _write_tiles(scene, pyramid, tmp, classes, probs, colours, roles, progress)
-        content = _page_content(scene, pyramid, roles, classes, probs, names, colours, tags, title)
-        if polygons is not None:
-            content.polygons = _polygon_layer(polygons, scene.crs, colours, names)
-        if truth is not None:
-            content.outlines = outline_columns(_truth_geometries(truth, grid))
-            content.outline_title = f"reference outlines ({Path(truth).name})"
         (tmp / INDEX).write_text(build_page(content), encoding="utf-8")
+        (tmp / MARKER).write_text(
+            "a folder written by `view`: a new view replaces it whole\n", encoding="utf-8"
+        )
         if record is not None:
             record(tmp)
         with deferred_stop():
@@ -122,7 +127,7 @@ def check_view_out(out: str | os.PathLike, inputs: Sequence) -> Path:
         raise SemisegError(f"cannot write --out {out} into {parent}: permission denied")
     if out.exists() and not out.is_dir():
         raise SemisegError(f"--out {out} is a file; give a folder name for the view")
-    if out.is_dir() and any(out.iterdir()) and not (out / INDEX).exists():
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
         raise SemisegError(
             f"--out {out} is a folder that holds something other than a view; give a new folder"
         )

@@ -182,7 +182,7 @@ def test_cli_errors_are_one_line_and_leave_no_folder(tmp_path, scene, capsys):
     err = capsys.readouterr().err.strip()
     assert "not on the grid" in err and len(err.splitlines()) == 1
     (tmp_path / "busy").mkdir()
-    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    (tmp_path / "busy" / "index.html").write_text("my own page, not a view")
     assert semicd_main([*args, "--change", str(scene["change"]), "--out", str(tmp_path / "busy")]) == 2
     assert "something other than a view" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "other.tif"]
@@ -259,13 +259,24 @@ def browser():
         yield b
 
 
+# Every tile the map needs for its current extent and zoom level is drawn (or absent: outside the scene), in every
+# visible tiled layer. Bokeh marks a tile `finished` once drawn or given up.
 TILES_DRAWN = """(() => {
   const doc = Bokeh.documents[0];
-  if (!doc) return false;
-  const layers = doc._all_models ? [...doc._all_models.values()].filter(m => m.type === "TileRenderer" || m.tile_source) : [];
-  return layers.length > 0 && layers.filter(m => m.visible).every(m => {
-    const tiles = [...m.tile_source.tiles.values()];
-    return tiles.length > 0 && tiles.every(t => t.finished);
+  const map = doc && doc.get_model_by_name("map");
+  let view = null;
+  for (const root of Object.values(Bokeh.index ?? {})) { view = view || root.owner.find_one(map); }
+  if (!view) return false;
+  const {width, height} = view.frame.bbox;
+  const extent = [map.x_range.start, map.y_range.start, map.x_range.end, map.y_range.end];
+  const layers = [...doc._all_models.values()].filter(m => m.tile_source && m.visible);
+  return layers.length > 0 && layers.every(m => {
+    const source = m.tile_source;
+    const level = source.get_level_by_extent(extent, height, width);
+    return source.get_tiles_by_extent(extent, level, 0).every(([x, y, z]) => {
+      const tile = source.tiles.get(source.tile_xyz_to_key(x, y, z));
+      return tile !== undefined && tile.finished;
+    });
   });
 })()"""
 
@@ -278,6 +289,7 @@ TO_SCREEN = """((points) => {
   return points.map(([x, y]) => [box.left + view.frame.x_scale.compute(x), box.top + view.frame.y_scale.compute(y)]);
 })"""
 
+X_SPAN = '((r) => r.end - r.start)(Bokeh.documents[0].get_model_by_name("map").x_range)'
 FRAMES = "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(() => r(true), 50))))"
 
 
@@ -341,6 +353,46 @@ def test_date_slider_switches_between_before_and_after(browser, scene):
     set_widget(browser, "opacity", 0)  # the change layer fades out too: the roof shows through
     ((cx, cy),) = screen_points(browser, [(45, 60)], transform)
     assert browser.screenshot()[cy, cx][1] > 120
+
+
+def test_zooming_in_loads_the_finer_levels_where_they_belong(browser, tmp_path):
+    """A 1024 px checkerboard of 8 px squares: the map opens on a coarse level; after zooming in, full-resolution
+    tiles are drawn, and each square shows its own colour at the right place."""
+    side, square = 1024, 8
+    rows, cols = np.indices((side, side)) // square
+    board = np.where((rows + cols) % 2 == 0, 230, 20).astype(np.uint8)
+    transform = from_origin(430000, 5400000, 1, 1)
+    profile = dict(
+        driver="GTiff", width=side, height=side, dtype="uint8", crs="EPSG:32631", transform=transform
+    )
+    with rasterio.open(tmp_path / "board.tif", "w", count=3, **profile) as ds:
+        ds.write(np.stack([board] * 3))
+    with rasterio.open(tmp_path / "classes.tif", "w", count=1, nodata=255, **profile) as ds:
+        ds.write(np.zeros((1, side, side), np.uint8))
+    view = build_view(
+        [tmp_path / "board.tif"], tmp_path / "classes.tif", tmp_path / "v", roles=("image",), progress=False
+    )
+    show(browser, Path(view["view"]))
+    levels = "[...Bokeh.documents[0].get_model_by_name('image').tile_source.tiles.values()].filter(t => t.finished && t.loaded).map(t => t.tile_coords[2])"
+    assert max(browser.evaluate(levels)) < view["full_resolution_level"]
+    ((cx, cy),) = screen_points(browser, [(side // 2, side // 2)], transform)
+    while (
+        browser.evaluate(X_SPAN) > 300
+    ):  # metres across the map: zoom in on the centre until 1 m > 2 screen px
+        browser.call("Input.dispatchMouseEvent", type="mouseWheel", x=cx, y=cy, deltaX=0, deltaY=-200)
+    browser.wait_for(TILES_DRAWN, "its tiles drawn")
+    browser.evaluate(FRAMES)
+    assert view["full_resolution_level"] in browser.evaluate(levels)
+    shot = browser.screenshot()
+    centres = [
+        (side // 2 + square * i + square // 2, side // 2 + square * j + square // 2)
+        for i in range(-3, 3)
+        for j in range(-3, 3)
+    ]
+    seen = [(r, c, x, y) for (r, c), (x, y) in zip(centres, screen_points(browser, centres, transform))]
+    seen = [(r, c, x, y) for r, c, x, y in seen if 0 <= x < shot.shape[1] and 0 <= y < shot.shape[0]]
+    assert len(seen) > 20
+    assert all(abs(int(shot[y, x, 0]) - int(board[r, c])) < 40 for r, c, x, y in seen)
 
 
 def test_click_on_polygon_opens_its_popup(browser, scene):
