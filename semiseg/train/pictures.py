@@ -25,6 +25,7 @@ from semiseg.models.normalize import normalize
 SAMPLES = 2  # per list
 IGNORED = (96, 96, 96)  # grey: pixels without a label
 GAP = 4  # px between the dates of one input
+MAX_SIDE = 512  # px: longer pictures are subsampled
 
 
 def fixed_indices(length: int, count: int = SAMPLES) -> list[int]:
@@ -129,4 +130,7 @@ class EvalPictures:
 
     @staticmethod
     def _add(writer, tag: str, image: np.ndarray, step: int) -> None:
-        writer.add_image(f"pictures/{tag}", image, step, dataformats="HWC")
+        """One picture, every `k`-th pixel kept so its longer side is at most `MAX_SIDE` (event files stay small
+        over hundreds of evaluations of large images; class colours stay exact)."""
+        k = -(-max(image.shape[:2]) // MAX_SIDE)
+        writer.add_image(f"pictures/{tag}", np.ascontiguousarray(image[::k, ::k]), step, dataformats="HWC")
