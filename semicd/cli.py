@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "demo",
         cmd_demo,
-        "synthetic scene -> train a tiny model -> change map, polygons, preview",
+        "synthetic scene -> train a tiny model -> change map, polygons, preview, web map (view/)",
         EXAMPLES["demo"],
     )
     p.add_argument("--out", required=True, help="folder for the scene, the run and the outputs")
