@@ -3,11 +3,13 @@
 Bokeh draws and pans/zooms the map and loads the tiles in view (`TileRenderer` over a `TMSTileSource` set to the
 scene's own coordinates, see `semiseg.geo.tiles`); its JavaScript is written inline (`bokeh.resources.INLINE`,
 from the installed wheel), so the page needs no server and no network. The only script of ours is a few lines in
-`CustomJS` callbacks: the layer switches and the polygon popup.
+`CustomJS` callbacks: the layer switches, the layout switch and the polygon popup.
 
-Controls: a date slider on two-date scenes (the later date's opacity over the earlier one: 0 shows the earlier
-date, 1 the later, in between a blend), the class layer's opacity, switches for each layer, and a click on a
-polygon opens a popup with its class, area and mean probability.
+Controls: on two-date scenes a layout switch (one map with a date slider, the later date's opacity over the
+earlier one: 0 shows the earlier date, 1 the later, in between a blend; or side by side, the earlier date on the
+left map and the later on the right, both maps sharing one pair of ranges so they pan and zoom together), the
+class layer's opacity (on both maps), switches for each layer, and a click on a polygon opens a popup with its
+class, area and mean probability.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class PageContent:
     notes: list[str] = field(default_factory=list)
 
 
-def tile_renderer(layer: PageLayer, pyramid: Pyramid):
+def tile_renderer(layer: PageLayer, pyramid: Pyramid, suffix: str = ""):
     from bokeh.models import TileRenderer, TMSTileSource
 
     source = TMSTileSource(
@@ -71,7 +73,11 @@ def tile_renderer(layer: PageLayer, pyramid: Pyramid):
         attribution="",
     )
     return TileRenderer(
-        tile_source=source, alpha=layer.alpha, smoothing=layer.smooth, visible=layer.visible, name=layer.name
+        tile_source=source,
+        alpha=layer.alpha,
+        smoothing=layer.smooth,
+        visible=layer.visible,
+        name=layer.name + suffix,
     )
 
 
@@ -81,78 +87,161 @@ def build_page(content: PageContent) -> str:
     from bokeh.layouts import column, row
     from bokeh.resources import INLINE
 
-    figure, controls = _map(content)
+    maps, controls = _maps(content)
     sidebar = column(
         *controls, _legend(content), _facts(content), width=SIDEBAR_WIDTH, sizing_mode="stretch_height"
     )
-    layout = row(figure, sidebar, sizing_mode="stretch_both")
+    layout = row(*maps, sidebar, sizing_mode="stretch_both")
     return file_html(layout, INLINE, title=content.title)
 
 
-def _map(content: PageContent):
-    from bokeh.models import ColumnDataSource, CustomJS, Div, Slider, TapTool, Tooltip
+def _figure(content: PageContent, name: str, title: str, x_range=None, y_range=None):
+    """One map of the scene; a second map is given the first one's ranges, so panning or zooming either moves
+    both (Bokeh's linked ranges)."""
     from bokeh.plotting import figure
 
     p = content.pyramid
     right, bottom = p.left + p.width * p.pixel_size, p.top - p.height * p.pixel_size
     fig = figure(
-        x_range=(p.left, right), y_range=(bottom, p.top), match_aspect=True, sizing_mode="stretch_both",
-        min_height=MAP_HEIGHT // 2, tools="pan,wheel_zoom,box_zoom,reset,save", active_scroll="wheel_zoom",
-        title=content.title, name="map",
+        x_range=x_range or (p.left, right), y_range=y_range or (bottom, p.top), match_aspect=True,
+        sizing_mode="stretch_both", min_height=MAP_HEIGHT // 2, tools="pan,wheel_zoom,box_zoom,reset,save",
+        active_scroll="wheel_zoom", title=title, name=name,
     )  # fmt: skip
     fig.axis.formatter.use_scientific = False
     fig.grid.visible = False
     scale_bar(fig, content.metre_units)
-    renderers = {}
-    for layer in content.images + content.overlays:
-        renderers[layer.name] = tile_renderer(layer, p)
-        fig.renderers.append(renderers[layer.name])
-    controls = []
-    if len(content.images) == 2:
+    return fig
+
+
+def _maps(content: PageContent):
+    """The map (every layer; on two dates a slider fades the later date over the earlier one) and, on two dates,
+    a second map for the side-by-side layout: the earlier date on the left map, the later on the right, the
+    overlays on both. A switch chooses the layout; the right map starts hidden."""
+    from bokeh.models import CustomJS, RadioButtonGroup, Slider
+
+    two_dates = len(content.images) == 2
+    left = _figure(content, "map", content.title)
+    figures = [left]
+    if two_dates:
         first, second = content.images
-        slider = Slider(
+        right = _figure(content, "map_right", second.title, x_range=left.x_range, y_range=left.y_range)
+        right.visible = False
+        figures.append(right)
+    # per layer (in the switches' order): its renderers on the left map and on the right map
+    on_left: dict[str, list] = {}
+    on_right: dict[str, list] = {}
+    for layer in content.images + content.overlays:
+        on_left[layer.name] = [tile_renderer(layer, content.pyramid)]
+        left.renderers.append(on_left[layer.name][0])
+        on_right[layer.name] = []
+        if two_dates and layer is not first:
+            twin = tile_renderer(layer, content.pyramid, suffix="_right")
+            twin.visible = False
+            right.renderers.append(twin)
+            on_right[layer.name].append(twin)
+    controls = []
+    layout = date = None
+    if two_dates:
+        layout = RadioButtonGroup(
+            labels=["one map, date slider", f"side by side: {first.title} | {second.title}"], active=0,
+            name="layout",
+        )  # fmt: skip
+        date = Slider(
             start=0, end=1, step=0.01, value=second.alpha, name="date",
             title=f"date: {first.title} (0) … {second.title} (1)",
         )  # fmt: skip
-        slider.js_link("value", renderers[second.name], "alpha")
-        controls.append(slider)
+        date.js_link("value", on_left[second.name][0], "alpha")
+        controls += [layout, date]
     for layer in content.overlays[:1]:
-        slider = Slider(
+        opacity = Slider(
             start=0, end=1, step=0.05, value=layer.alpha, name="opacity", title=f"{layer.title} opacity"
         )
-        slider.js_link("value", renderers[layer.name], "alpha")
-        controls.append(slider)
-    if content.outlines is not None:
-        renderers["outlines"] = fig.multi_line(
-            "xs", "ys", source=ColumnDataSource(content.outlines), line_color=OUTLINE_COLOUR, line_width=1.5,
-            name="outlines",
-        )  # fmt: skip
-    if content.polygons is not None:
-        source = ColumnDataSource(content.polygons, name="polygon_source")
-        polygons = fig.multi_polygons(
-            "xs", "ys", source=source, fill_alpha=0.0, line_color="colour", line_width=1.5, name="polygons",
-            selection_fill_alpha=0.25, selection_fill_color="yellow", nonselection_fill_alpha=0.0,
-            nonselection_line_alpha=1.0,
-        )  # fmt: skip
-        renderers["polygons"] = polygons
-        text = Div(text="", name="popup_text")
-        popup = Tooltip(content=text, visible=False, closable=True, name="popup", interactive=True)
-        fig.elements.append(popup)
-        tap = TapTool(renderers=[polygons], behavior="select", mode="replace")
-        tap.callback = CustomJS(args=dict(source=source, popup=popup, text=text), code=POPUP_JS)
-        # a click beside every polygon clears the selection: the popup goes with it
-        source.selected.js_on_change(
-            "indices",
-            CustomJS(args=dict(popup=popup), code="if (!cb_obj.indices.length) popup.visible = false;"),
-        )
-        fig.add_tools(tap)
-        fig.toolbar.active_tap = tap
-    controls.append(_switches(content, renderers))
-    return fig, controls
+        for renderer in on_left[layer.name] + on_right[layer.name]:
+            opacity.js_link("value", renderer, "alpha")
+        controls.append(opacity)
+    popups = []
+    for fig in figures:
+        suffix = "" if fig is left else "_right"
+        if content.outlines is not None:
+            outlines = _outlines(fig, content.outlines, suffix)
+            (on_left if fig is left else on_right).setdefault("outlines", []).append(outlines)
+        if content.polygons is not None:
+            polygons, popup = _polygons(fig, content.polygons, suffix)
+            (on_left if fig is left else on_right).setdefault("polygons", []).append(polygons)
+            popups.append(popup)
+    for popup in popups:  # a click on one map's polygon closes the other map's popup
+        popup.tags = [p for p in popups if p is not popup]
+    names = list(on_left)
+    group = _switches(content, names)
+    show = CustomJS(
+        args=dict(
+            group=group, layout=layout, date=date, right=figures[-1] if two_dates else None,
+            left_title=left.title, titles=[content.title, first.title if two_dates else ""],
+            on_left=[on_left[n] for n in names], on_right=[on_right[n] for n in names],
+            faded=on_left[second.name][0] if two_dates else None, popups=popups,
+        ),
+        code=SHOW_JS,
+    )  # fmt: skip
+    group.js_on_change("active", show)
+    if layout is not None:
+        layout.js_on_change("active", show)
+    controls.append(group)
+    return figures, controls
+
+
+# Which renderers are drawn: a layer's switch, and the layout (side by side: the later date only on the right map,
+# where every overlay is drawn too, the date slider off).
+SHOW_JS = """
+const side = layout !== null && layout.active === 1;
+const on = (i) => group.active.includes(i);
+on_left.forEach((rs, i) => rs.forEach((r) => { r.visible = on(i) && !(side && r === faded); }));
+on_right.forEach((rs, i) => rs.forEach((r) => { r.visible = on(i) && side; }));
+if (layout !== null) {
+  right.visible = side;
+  date.disabled = side;
+  left_title.text = titles[side ? 1 : 0];
+  popups.forEach((p) => { p.visible = false; });
+}
+"""
+
+
+def _outlines(fig, outlines: dict, suffix: str):
+    from bokeh.models import ColumnDataSource
+
+    return fig.multi_line(
+        "xs", "ys", source=ColumnDataSource(outlines), line_color=OUTLINE_COLOUR, line_width=1.5,
+        name=f"outlines{suffix}", visible=not suffix,
+    )  # fmt: skip
+
+
+def _polygons(fig, columns: dict, suffix: str):
+    """The polygons on `fig` with a click popup (the popups of the other maps are the popup's `tags`)."""
+    from bokeh.models import ColumnDataSource, CustomJS, Div, TapTool, Tooltip
+
+    source = ColumnDataSource(columns, name=f"polygon_source{suffix}")
+    polygons = fig.multi_polygons(
+        "xs", "ys", source=source, fill_alpha=0.0, line_color="colour", line_width=1.5, name=f"polygons{suffix}",
+        selection_fill_alpha=0.25, selection_fill_color="yellow", nonselection_fill_alpha=0.0,
+        nonselection_line_alpha=1.0, visible=not suffix,
+    )  # fmt: skip
+    text = Div(text="", name=f"popup_text{suffix}")
+    popup = Tooltip(content=text, visible=False, closable=True, name=f"popup{suffix}", interactive=True)
+    fig.elements.append(popup)
+    tap = TapTool(renderers=[polygons], behavior="select", mode="replace")
+    tap.callback = CustomJS(args=dict(source=source, popup=popup, text=text), code=POPUP_JS)
+    # a click beside every polygon clears the selection: the popup goes with it
+    source.selected.js_on_change(
+        "indices",
+        CustomJS(args=dict(popup=popup), code="if (!cb_obj.indices.length) popup.visible = false;"),
+    )
+    fig.add_tools(tap)
+    fig.toolbar.active_tap = tap
+    return polygons, popup
 
 
 # What a click on a polygon shows: the clicked polygon's attributes, at the click.
 POPUP_JS = """
+popup.tags.forEach((other) => { other.visible = false; });
 const i = source.selected.indices[0];
 if (i === undefined) { popup.visible = false; return; }
 const d = source.data;
@@ -164,25 +253,15 @@ popup.visible = true;
 """
 
 
-def _switches(content: PageContent, renderers: Mapping[str, object]):
-    from bokeh.models import CheckboxGroup, CustomJS
+def _switches(content: PageContent, names: Sequence[str]):
+    """One switch per layer, in `names`' order (tiled layers, then outlines and polygons)."""
+    from bokeh.models import CheckboxGroup
 
-    names = [layer.name for layer in content.images + content.overlays]
-    labels = [layer.title for layer in content.images + content.overlays]
-    for extra, label in (("outlines", content.outline_title), ("polygons", "polygons (click for details)")):
-        if extra in renderers:
-            names.append(extra)
-            labels.append(label)
-    active = [i for i, name in enumerate(names) if getattr(renderers[name], "visible", True)]
-    group = CheckboxGroup(labels=labels, active=active, name="layers")
-    group.js_on_change(
-        "active",
-        CustomJS(
-            args=dict(layers=[renderers[n] for n in names]),
-            code="layers.forEach((layer, i) => { layer.visible = cb_obj.active.includes(i); });",
-        ),
-    )
-    return group
+    titles = {layer.name: layer.title for layer in content.images + content.overlays}
+    titles.update(outlines=content.outline_title, polygons="polygons (click for details)")
+    visible = {layer.name: layer.visible for layer in content.images + content.overlays}
+    active = [i for i, name in enumerate(names) if visible.get(name, True)]
+    return CheckboxGroup(labels=[titles[n] for n in names], active=active, name="layers")
 
 
 def _legend(content: PageContent):

@@ -259,30 +259,33 @@ def browser():
         yield b
 
 
-# Every tile the map needs for its current extent and zoom level is drawn (or absent: outside the scene), in every
-# visible tiled layer. Bokeh marks a tile `finished` once drawn or given up.
+# Every tile each visible map needs for its current extent and zoom level is drawn (or absent: outside the scene), in
+# every visible tiled layer of that map. Bokeh marks a tile `finished` once drawn or given up.
 TILES_DRAWN = """(() => {
   const doc = Bokeh.documents[0];
-  const map = doc && doc.get_model_by_name("map");
-  let view = null;
-  for (const root of Object.values(Bokeh.index ?? {})) { view = view || root.owner.find_one(map); }
-  if (!view) return false;
-  const {width, height} = view.frame.bbox;
-  const extent = [map.x_range.start, map.y_range.start, map.x_range.end, map.y_range.end];
-  const layers = [...doc._all_models.values()].filter(m => m.tile_source && m.visible);
-  return layers.length > 0 && layers.every(m => {
-    const source = m.tile_source;
-    const level = source.get_level_by_extent(extent, height, width);
-    return source.get_tiles_by_extent(extent, level, 0).every(([x, y, z]) => {
-      const tile = source.tiles.get(source.tile_xyz_to_key(x, y, z));
-      return tile !== undefined && tile.finished;
+  if (!doc) return false;
+  const maps = ["map", "map_right"].map((name) => doc.get_model_by_name(name)).filter((m) => m && m.visible);
+  return maps.length > 0 && maps.every((map) => {
+    let view = null;
+    for (const root of Object.values(Bokeh.index ?? {})) { view = view || root.owner.find_one(map); }
+    if (!view) return false;
+    const {width, height} = view.frame.bbox;
+    const extent = [map.x_range.start, map.y_range.start, map.x_range.end, map.y_range.end];
+    const layers = map.renderers.filter((m) => m.tile_source && m.visible);
+    return layers.length > 0 && layers.every((m) => {
+      const source = m.tile_source;
+      const level = source.get_level_by_extent(extent, height, width);
+      return source.get_tiles_by_extent(extent, level, 0).every(([x, y, z]) => {
+        const tile = source.tiles.get(source.tile_xyz_to_key(x, y, z));
+        return tile !== undefined && tile.finished;
+      });
     });
   });
 })()"""
 
-TO_SCREEN = """((points) => {
-  const doc = Bokeh.documents[0];
-  const map = doc.get_model_by_name("map");
+# page pixels of scene coordinates on the map named `name`
+TO_SCREEN = """((points, name = "map") => {
+  const map = Bokeh.documents[0].get_model_by_name(name);
   let view = null;
   for (const root of Object.values(Bokeh.index)) { view = view || root.owner.find_one(map); }
   const box = view.el.getBoundingClientRect();
@@ -299,16 +302,19 @@ def show(browser, index: Path) -> None:
     browser.evaluate(FRAMES)
 
 
-def set_widget(browser, name: str, value: float) -> None:
-    browser.evaluate(f'Bokeh.documents[0].get_model_by_name("{name}").value = {value}')
+def set_widget(browser, name: str, value: float, attribute: str = "value") -> None:
+    browser.evaluate(f'Bokeh.documents[0].get_model_by_name("{name}").{attribute} = {value}')
     browser.wait_for(TILES_DRAWN, "its tiles drawn")
     browser.evaluate(FRAMES)
 
 
-def screen_points(browser, rows_cols, transform):
-    """Page pixel of each (row, col) scene pixel centre."""
+def screen_points(browser, rows_cols, transform, name="map"):
+    """Page pixel of each (row, col) scene pixel centre on the map `name`."""
     xy = [transform * (c + 0.5, r + 0.5) for r, c in rows_cols]
-    return [(round(x), round(y)) for x, y in browser.evaluate(f"{TO_SCREEN}({json.dumps(xy)})")]
+    return [
+        (round(x), round(y))
+        for x, y in browser.evaluate(f"{TO_SCREEN}({json.dumps(xy)}, {json.dumps(name)})")
+    ]
 
 
 def sample_grid(step=4, margin=3):
@@ -353,6 +359,53 @@ def test_date_slider_switches_between_before_and_after(browser, scene):
     set_widget(browser, "opacity", 0)  # the change layer fades out too: the roof shows through
     ((cx, cy),) = screen_points(browser, [(45, 60)], transform)
     assert browser.screenshot()[cy, cx][1] > 120
+
+
+def test_side_by_side_shows_before_left_after_right_and_pans_together(browser, scene):
+    """Side by side: the same ground is the earlier date on the left map and the later one on the right, the change
+    on both; dragging the right map moves the left one by as much (one pair of ranges)."""
+    show(browser, scene["view"])
+    with rasterio.open(scene["change"]) as ds:
+        transform = ds.transform
+    assert not browser.evaluate('Bokeh.documents[0].get_model_by_name("map_right").visible')
+    set_widget(browser, "layout", 1, "active")
+    ground, roof = (10, 50), (45, 60)  # unchanged ground; the centre of the new roof
+    left = screen_points(browser, [ground, roof], transform, "map")
+    right = screen_points(browser, [ground, roof], transform, "map_right")
+    assert (
+        right[0][0] - left[0][0] > 300 and right[0][1] == left[0][1]
+    )  # two maps side by side, the right one beside the left
+    shot = browser.screenshot().astype(int)
+    assert np.abs(shot[left[0][1], left[0][0]] - BEFORE).max() < 12
+    assert np.abs(shot[right[0][1], right[0][0]] - AFTER).max() < 12
+    red = lambda p: p[0] > 150 and p[0] - max(p[1], p[2]) > 100  # noqa: E731  (70 % red over either date)
+    assert red(shot[left[1][1], left[1][0]]) and red(shot[right[1][1], right[1][0]])
+    # drag the right map 160 px to the right (more than half the roof's width on screen)
+    (x, y), dx = right[0], 160
+    assert (right[1][0] - right[0][0]) / (
+        roof[1] - ground[1]
+    ) * 20 < dx - 10  # 20 m: half the roof, in screen px
+    browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+    browser.call(
+        "Input.dispatchMouseEvent", type="mousePressed", x=x, y=y, button="left", buttons=1, clickCount=1
+    )
+    for step in range(1, 11):
+        browser.call(
+            "Input.dispatchMouseEvent", type="mouseMoved", x=x + dx * step / 10, y=y, button="left", buttons=1
+        )
+    browser.call("Input.dispatchMouseEvent", type="mouseReleased", x=x + dx, y=y, button="left", clickCount=1)
+    browser.wait_for(TILES_DRAWN, "its tiles drawn")
+    browser.evaluate(FRAMES)
+    moved = screen_points(browser, [roof], transform, "map")[0]
+    assert abs(moved[0] - (left[1][0] + dx)) <= 3 and abs(moved[1] - left[1][1]) <= 3
+    shot = browser.screenshot().astype(int)
+    assert red(shot[left[1][1], left[1][0] + dx])  # the roof moved on the left map too...
+    assert np.abs(shot[left[1][1], left[1][0]] - BEFORE).max() < 12  # ...and earlier ground is where it was
+    assert red(shot[right[1][1], right[1][0] + dx])
+    set_widget(browser, "layout", 0, "active")  # back to one map: the later date on top again
+    assert not browser.evaluate('Bokeh.documents[0].get_model_by_name("map_right").visible')
+    ((x, y),) = screen_points(browser, [ground], transform)
+    assert np.abs(browser.screenshot()[y, x].astype(int) - AFTER).max() < 12
 
 
 def test_zooming_in_loads_the_finer_levels_where_they_belong(browser, tmp_path):
