@@ -527,10 +527,11 @@ def predict_scene_command(args: argparse.Namespace, task: Task, rasters: Sequenc
     """The body of every task's GeoTIFF `predict`: check inputs, load the model, tile-and-predict, record."""
     from semiseg.predict import predict_scene, stretch_trained_with
 
-    if args.view:
-        from semiseg.view import check_view_out
+    if args.view:  # what the view would refuse is said before the prediction, not after it
+        from semiseg.view import check_view_out, check_view_scene
 
         check_view_out(args.view, [*rasters, args.out, args.probs, args.polygons])
+        check_view_scene(rasters[0], args.max_zoom, args.yes)
     model = _load_for_scene(args, task, rasters)
     summary = predict_scene(
         model, rasters, args.out, probs_path=args.probs, polygons_path=args.polygons,

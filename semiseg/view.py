@@ -139,6 +139,14 @@ def check_view_out(out: str | os.PathLike, inputs: Sequence) -> Path:
     return out
 
 
+def check_view_scene(image: str | os.PathLike, max_zoom: int | None, yes: bool) -> None:
+    """Refuse now what `build_view` would refuse about the scene's grid and size (pixels not square, --max-zoom
+    too deep, a scene too large without --max-zoom or --yes): `predict --view` checks it before predicting."""
+    with open_raster(image) as ds:
+        pyramid = make_pyramid(ds.width, ds.height, ds.transform, max_zoom)
+    _check_size(pyramid, max_zoom, yes)
+
+
 def _check_on_grid(path, grid, what: str) -> dict:
     """Refuse a raster off the scene's grid (or not one band of bytes); return its class names and tags."""
     with open_raster(path, what) as ds:

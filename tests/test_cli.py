@@ -250,6 +250,13 @@ def test_change_detection_train_eval_predict(tmp_path, capsys):
     code = semicd_main(["predict", "--before", str(tmp_path / "a.tif"), "--after", str(tmp_path / "b.tif"),
                         "--checkpoint", str(run_dir / "best.pt"), "--out", str(tmp_path / "c2.tif"), "--workers", "0"])  # fmt: skip
     assert code == 0 and json.loads(capsys.readouterr().out)["window"] == 42  # the training crop
+    # what the view would refuse is refused before predicting: no prediction written, one line
+    code = semicd_main(["predict", "--before", str(tmp_path / "a.tif"), "--after", str(tmp_path / "b.tif"),
+                        "--checkpoint", str(run_dir / "best.pt"), "--out", str(tmp_path / "c3.tif"), "--workers", "0",
+                        "--view", str(tmp_path / "view3"), "--max-zoom", "9"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--max-zoom 9" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "c3.tif").exists() and not (tmp_path / "view3").exists()
 
 
 def test_change_detection_prepare_and_splits_commands(tmp_path, capsys):
