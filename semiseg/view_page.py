@@ -190,7 +190,7 @@ def _maps(content: PageContent):
 
 
 # Which renderers are drawn: a layer's switch, and the layout (side by side: the later date only on the right map,
-# where every overlay is drawn too, the date slider off).
+# where every overlay is drawn too, the date slider off; a change of layout closes the popups).
 SHOW_JS = """
 const side = layout !== null && layout.active === 1;
 const on = (i) => group.active.includes(i);
@@ -200,7 +200,7 @@ if (layout !== null) {
   right.visible = side;
   date.disabled = side;
   left_title.text = titles[side ? 1 : 0];
-  popups.forEach((p) => { p.visible = false; });
+  if (cb_obj === layout) popups.forEach((p) => { p.visible = false; });  // a popup stays on the map it was opened
 }
 """
 

@@ -402,6 +402,18 @@ def test_side_by_side_shows_before_left_after_right_and_pans_together(browser, s
     assert red(shot[left[1][1], left[1][0] + dx])  # the roof moved on the left map too...
     assert np.abs(shot[left[1][1], left[1][0]] - BEFORE).max() < 12  # ...and earlier ground is where it was
     assert red(shot[right[1][1], right[1][0] + dx])
+    # the polygons answer a click on the right map too; the change switch hides the change on both maps
+    ((px, py),) = screen_points(browser, [roof], transform, "map_right")
+    browser.click(px, py)
+    browser.wait_for(
+        'Bokeh.documents[0].get_model_by_name("popup_right").visible', "a popup on the right map"
+    )
+    assert "changed" in browser.evaluate('Bokeh.documents[0].get_model_by_name("popup_text_right").text')
+    labels = browser.evaluate('Bokeh.documents[0].get_model_by_name("layers").labels')
+    active = [i for i, label in enumerate(labels) if label != "change"]
+    set_widget(browser, "layers", json.dumps(active), "active")
+    shot = browser.screenshot().astype(int)
+    assert not red(shot[moved[1], moved[0]]) and not red(shot[py, px])
     set_widget(browser, "layout", 0, "active")  # back to one map: the later date on top again
     assert not browser.evaluate('Bokeh.documents[0].get_model_by_name("map_right").visible')
     ((x, y),) = screen_points(browser, [ground], transform)
