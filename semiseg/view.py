@@ -300,6 +300,7 @@ def _facts(scene, pyramid: Pyramid, roles, classes, probs, tags, metre: bool) ->
 def _polygon_layer(path, crs, colours, names) -> dict:
     """The polygons with the attributes the popup shows (class name, area, mean probability, id)."""
     import geopandas
+    import pandas
 
     from semiseg.geo.vectors import feature_layer
 
@@ -313,13 +314,21 @@ def _polygon_layer(path, crs, colours, names) -> dict:
         frame = frame.to_crs(crs)
     frame = frame[~(frame.geometry.is_empty | frame.geometry.isna())]
     n = len(frame)
-    values = frame["class"].astype(int).to_numpy() if "class" in frame else np.ones(n, dtype=int)
+
+    def numbers(key: str, default) -> np.ndarray:
+        """A column as floats (a missing or non-numeric value is NaN: any file may be given, not only ours)."""
+        if key not in frame:
+            return np.full(n, np.nan) if default is None else np.asarray(default, dtype=float)
+        return pandas.to_numeric(frame[key], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
     column = lambda key, default: frame[key].tolist() if key in frame else [default] * n  # noqa: E731
+    classes = numbers("class", np.ones(n))
+    values = np.where(np.isfinite(classes), classes, -1).astype(int)  # -1: no class colour, drawn yellow
     attributes = {
         "id": column("id", 0),
         "class_name": column("class_name", "polygon"),
-        "area_m2": [float(a) for a in (frame["area_m2"] if "area_m2" in frame else frame.geometry.area)],
-        "mean_prob": [float("nan") if v is None else float(v) for v in column("mean_prob", None)],
+        "area_m2": numbers("area_m2", frame.geometry.area).tolist(),
+        "mean_prob": numbers("mean_prob", None).tolist(),
         "colour": [
             _hex(colours.get(v, (255, 255, 0, 255))) if colours.get(v, (0,) * 4)[3] else "#ffff00"
             for v in values

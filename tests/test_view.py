@@ -223,6 +223,29 @@ def test_interrupted_build_leaves_the_previous_view_and_no_temporaries(tmp_path,
     assert "title-old" in (out / INDEX).read_text() and [p.name for p in tmp_path.iterdir()] == ["v"]
 
 
+def test_polygons_from_other_tools_with_odd_attributes_are_drawn(tmp_path, scene):
+    """A polygon file not written by predict: a missing class, text where numbers belong. Drawn (yellow where the
+    class is unknown), their popups saying what is known, no traceback."""
+    from shapely.geometry import box
+
+    frame = gpd.GeoDataFrame(
+        {"class": [1.0, None], "area_m2": ["big", "12.5"], "mean_prob": [None, "0.25"]},
+        geometry=[box(430040, 5399940, 430080, 5399970), box(430010, 5399980, 430020, 5399990)],
+        crs="EPSG:32631",
+    )
+    frame.to_file(tmp_path / "other.gpkg")
+    build_view(
+        [scene["before"], scene["after"]], scene["change"], tmp_path / "v", polygons=tmp_path / "other.gpkg",
+        progress=False,
+    )  # fmt: skip
+    page = (tmp_path / "v" / INDEX).read_text(encoding="utf-8")
+    assert '"#ff0000","#ffff00"' in page.replace(" ", "")  # class 1's red; no class: yellow
+    assert (
+        view_module._polygon_layer(tmp_path / "other.gpkg", None, {1: (255, 0, 0, 255)}, [])["area_m2"][1]
+        == 12.5
+    )
+
+
 def test_semiseg_view_shows_one_image_and_its_class_names(tmp_path, scene, capsys):
     out = tmp_path / "v"
     assert (
