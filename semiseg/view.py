@@ -119,7 +119,12 @@ def build_view(
 
 def check_view_out(out: str | os.PathLike, inputs: Sequence) -> Path:
     """The view folder: its parent must exist, it must not be an input, and an existing one must be a view."""
-    out = Path(out)
+    if Path.cwd().is_relative_to(Path(out).resolve()):
+        raise SemisegError(
+            f"--out {out} is (or holds) the current folder, which a new view would replace whole; "
+            "give a new folder name"
+        )
+    out = Path(os.path.normpath(out))  # `a/b/..` is `a`: the temporary and old copies are named after it
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise SemisegError(f"the folder holding --out {out} does not exist; create it first")

@@ -172,7 +172,7 @@ def test_too_large_scene_asks_for_max_zoom(monkeypatch, tmp_path, scene):
     assert not (tmp_path / "v").exists() and not list(tmp_path.iterdir())
 
 
-def test_cli_errors_are_one_line_and_leave_no_folder(tmp_path, scene, capsys):
+def test_cli_errors_are_one_line_and_leave_no_folder(tmp_path, scene, capsys, monkeypatch):
     args = ["view", "--before", str(scene["before"]), "--after", str(scene["after"])]
     other = tmp_path / "other.tif"
     write_rgb(other, np.zeros((3, H, W), np.uint8))
@@ -185,6 +185,11 @@ def test_cli_errors_are_one_line_and_leave_no_folder(tmp_path, scene, capsys):
     (tmp_path / "busy" / "index.html").write_text("my own page, not a view")
     assert semicd_main([*args, "--change", str(scene["change"]), "--out", str(tmp_path / "busy")]) == 2
     assert "something other than a view" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path / "busy")
+    for out in (".", "..", str(tmp_path / "busy" / "new" / "..")):  # the current folder, or one holding it
+        assert semicd_main([*args, "--change", str(scene["change"]), "--out", out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "the current folder" in err and len(err.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "other.tif"]
 
 
