@@ -117,7 +117,7 @@ def _maps(content: PageContent):
     """The map (every layer; on two dates a slider fades the later date over the earlier one) and, on two dates,
     a second map for the side-by-side layout: the earlier date on the left map, the later on the right, the
     overlays on both. A switch chooses the layout; the right map starts hidden."""
-    from bokeh.models import CustomJS, RadioButtonGroup, Slider
+    from bokeh.models import ColumnDataSource, CustomJS, RadioButtonGroup, Slider
 
     two_dates = len(content.images) == 2
     left = _figure(content, "map", content.title)
@@ -160,13 +160,19 @@ def _maps(content: PageContent):
             opacity.js_link("value", renderer, "alpha")
         controls.append(opacity)
     popups = []
+    # one data source per vector layer, drawn on both maps: the page carries the coordinates once, and a polygon
+    # selected on one map is highlighted on the other
+    outline_source = ColumnDataSource(content.outlines) if content.outlines is not None else None
+    polygon_source = (
+        ColumnDataSource(content.polygons, name="polygon_source") if content.polygons is not None else None
+    )
     for fig in figures:
         suffix = "" if fig is left else "_right"
         if content.outlines is not None:
-            outlines = _outlines(fig, content.outlines, suffix)
+            outlines = _outlines(fig, outline_source, suffix)
             (on_left if fig is left else on_right).setdefault("outlines", []).append(outlines)
         if content.polygons is not None:
-            polygons, popup = _polygons(fig, content.polygons, suffix)
+            polygons, popup = _polygons(fig, polygon_source, suffix)
             (on_left if fig is left else on_right).setdefault("polygons", []).append(polygons)
             popups.append(popup)
     for popup in popups:  # a click on one map's polygon closes the other map's popup
@@ -205,20 +211,17 @@ if (layout !== null) {
 """
 
 
-def _outlines(fig, outlines: dict, suffix: str):
-    from bokeh.models import ColumnDataSource
-
+def _outlines(fig, source, suffix: str):
     return fig.multi_line(
-        "xs", "ys", source=ColumnDataSource(outlines), line_color=OUTLINE_COLOUR, line_width=1.5,
+        "xs", "ys", source=source, line_color=OUTLINE_COLOUR, line_width=1.5,
         name=f"outlines{suffix}", visible=not suffix,
     )  # fmt: skip
 
 
-def _polygons(fig, columns: dict, suffix: str):
+def _polygons(fig, source, suffix: str):
     """The polygons on `fig` with a click popup (the popups of the other maps are the popup's `tags`)."""
-    from bokeh.models import ColumnDataSource, CustomJS, Div, TapTool, Tooltip
+    from bokeh.models import CustomJS, Div, TapTool, Tooltip
 
-    source = ColumnDataSource(columns, name=f"polygon_source{suffix}")
     polygons = fig.multi_polygons(
         "xs", "ys", source=source, fill_alpha=0.0, line_color="colour", line_width=1.5, name=f"polygons{suffix}",
         selection_fill_alpha=0.25, selection_fill_color="yellow", nonselection_fill_alpha=0.0,
