@@ -16,6 +16,7 @@ from semiseg.cli import (
     add_reading_options,
     add_scene_options,
     add_suggest_options,
+    add_view_command,
     is_batch,
     make_parser,
     predict_batch_command,
@@ -24,6 +25,7 @@ from semiseg.cli import (
     record_command,
     run_cli,
     suggest_command,
+    view_command,
 )
 from semiseg.errors import SemisegError
 
@@ -39,6 +41,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_suggest(args: argparse.Namespace) -> int:
     return suggest_command(args, TASK, [args.before, args.after])
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    return view_command(args, [args.before, args.after], args.change, ("before", "after"))
 
 
 def cmd_pseudolabels(args: argparse.Namespace) -> int:
@@ -108,6 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     result = run_demo(args.out, size=args.size, iters=args.iters, seed=args.seed, rounds=args.rounds)
     print(json.dumps(result, indent=2))
+    print(f"see the result: open {result['paths']['view']} in a browser (offline)")
     return 0
 
 
@@ -122,6 +129,7 @@ EXAMPLES = {
     " --n 20 --out next.gpkg",
     "pseudolabels": "semicd pseudolabels --before 2019.tif --after 2023.tif --checkpoint runs/scene/best.pt"
     " --areas labeled.gpkg --min-prob 0.9 --out review.gpkg",
+    "view": "semicd view --before 2019.tif --after 2023.tif --change change.tif --polygons change.gpkg --out view/",
     "prepare": "semicd prepare levir --src /data/LEVIR-CD --out /data/LEVIR-CD-256",
     "download": "semicd download levir-cd --out /data   # then --set data.root=/data/LEVIR-CD",
     "splits": "semicd splits --root /data/LEVIR-CD-256 --out /data/LEVIR-CD-256/splits",
@@ -150,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_scene_options(p)
     add_batch_options(p, "pairs", PAIR_COLUMNS)
+
+    p = add_view_command(
+        sub, cmd_view, "a web map of before / after / change: one offline folder, open index.html in any browser",
+        EXAMPLES["view"],
+        [("--before", "GeoTIFF of the earlier date (the map's grid)"), ("--after", "GeoTIFF of the later date"),
+         ("--change", "the change map predict wrote for the pair (same grid)")],
+    )  # fmt: skip
+    p.add_argument(
+        "--align", choices=["error", "reproject"], default="error",
+        help="what to do when the dates' grids differ: stop, or warp --after onto --before (as predict did)",
+    )  # fmt: skip
 
     p = add_command(
         sub, "suggest", cmd_suggest, "the windows of a scene most worth labelling next (uncertain and spread out)",
@@ -223,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "demo",
         cmd_demo,
-        "synthetic scene -> train a tiny model -> change map, polygons, preview",
+        "synthetic scene -> train a tiny model -> change map, polygons, preview, web map (view/)",
         EXAMPLES["demo"],
     )
     p.add_argument("--out", required=True, help="folder for the scene, the run and the outputs")

@@ -426,6 +426,11 @@ def add_scene_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--simplify", type=float, default=0.0, help="simplify polygon outlines to this tolerance (CRS units)"
     )
+    p.add_argument(
+        "--view", metavar="DIR",
+        help="also write a web map of the inputs and the prediction into this folder (see the view command)",
+    )  # fmt: skip
+    add_display_options(p)
 
 
 def add_suggest_options(p: argparse.ArgumentParser) -> None:
@@ -470,6 +475,97 @@ def reading_options(args: argparse.Namespace, task: Task, model: Any) -> dict[st
     )  # fmt: skip
 
 
+def add_view_command(
+    sub: Any, handler: Handler, help: str, example: str, rasters: Sequence[tuple[str, str]]
+) -> argparse.ArgumentParser:
+    """A task's `view` command: its own rasters (`rasters`: option and help, each required), then the options
+    every task's view has."""
+    p = add_command(sub, "view", handler, help, example)
+    for option, text in rasters:
+        p.add_argument(option, required=True, help=text)
+    add_view_options(p)
+    add_view_reading_options(p)
+    return p
+
+
+def add_view_options(p: argparse.ArgumentParser) -> None:
+    """The options of `view` every task shares (after its own rasters): what else to show, and how."""
+    p.add_argument("--out", required=True, help="the view folder to write (index.html and its tiles)")
+    p.add_argument("--probs", help="the probability raster predict wrote (--probs): a layer, off at first")
+    p.add_argument(
+        "--polygons", help="the polygons predict wrote (--polygons): outlines, and a popup on click"
+    )
+    p.add_argument(
+        "--truth",
+        help="reference to draw as outlines: a label raster on the same grid (non-zero) or a polygon file",
+    )
+    add_display_options(p)
+
+
+def add_display_options(p: argparse.ArgumentParser) -> None:
+    """How `view` (and `predict --view`) shows a scene: pyramid depth and the title (bands, nodata and stretch
+    are the reading options' when the command has them)."""
+    p.add_argument(
+        "--max-zoom", type=int_at_least(0), default=None,
+        help="stop the tile pyramid at this level (0: the whole scene in one 256 px tile; each level doubles the "
+        "resolution) (default: full resolution; a scene above 256 Mpx asks for this or --yes)",
+    )  # fmt: skip
+    p.add_argument("--title", help="the page's title (default: the inputs' roles and the class map's name)")
+
+
+def add_view_reading_options(p: argparse.ArgumentParser) -> None:
+    """Bands, nodata and stretch of the images a `view` shows (predict has its own, shared with the model)."""
+    p.add_argument(
+        "--bands", type=band_list,
+        help="1-based bands to show as red, green, blue, e.g. 4,3,2 (default: the first three, alpha skipped)",
+    )  # fmt: skip
+    p.add_argument(
+        "--nodata", type=float, default=None, help="treat this input value as nodata (transparent)"
+    )
+    p.add_argument(
+        "--stretch", type=stretch_rule, default="auto",
+        help="how non-8-bit images reach 0..255 for display, the same rule for every date: shared, per-date, "
+        "none, fixed:MIN,MAX or auto (uint8 as is, else shared)",
+    )  # fmt: skip
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="build the full-resolution pyramid of a scene above 256 Mpx without asking",
+    )
+
+
+def write_view(
+    args: argparse.Namespace,
+    images: Sequence[str],
+    classes: str,
+    view: str,
+    roles: Sequence[str],
+    **options: Any,
+) -> dict:
+    """Build the view folder of `images` and their class map with the command's options; its record goes inside."""
+    from semiseg.view import RECORD, build_view
+
+    def write_record(folder: Path) -> None:
+        record_command(folder / RECORD, args)
+
+    return build_view(
+        images, classes, view, roles=roles, align=getattr(args, "align", "error"), bands=args.bands,
+        nodata=args.nodata, max_zoom=args.max_zoom, yes=args.yes, title=args.title,
+        progress=sys.stderr.isatty(), record=write_record, **options,
+    )  # fmt: skip
+
+
+def view_command(args: argparse.Namespace, images: Sequence[str], classes: str, roles: Sequence[str]) -> int:
+    """The body of every task's `view`: the web map of a scene and its prediction (`semiseg.view`)."""
+    summary = write_view(
+        args, images, classes, args.out, roles, stretch=args.stretch, probs=args.probs,
+        polygons=args.polygons, truth=args.truth,
+    )  # fmt: skip
+    print(json.dumps(summary, indent=2))
+    print(f"open {summary['view']} in a browser (works offline)", file=sys.stderr)
+    return 0
+
+
 def _finish(args: argparse.Namespace, summary: dict, kind: str) -> int:
     out = Path(args.out)
     record_command(out.with_name(f"{out.stem}.{kind}.yaml"), args, summary)
@@ -480,13 +576,26 @@ def _finish(args: argparse.Namespace, summary: dict, kind: str) -> int:
 def predict_scene_command(args: argparse.Namespace, task: Task, rasters: Sequence[str]) -> int:
     """The body of every task's GeoTIFF `predict`: check inputs, load the model, tile-and-predict, record."""
     from semiseg.api import predict
+    from semiseg.predict import stretch_trained_with
 
+    if args.view:  # what the view would refuse is said before the prediction, not after it
+        from semiseg.view import check_view_out, check_view_scene
+
+        check_view_out(args.view, [*rasters, args.out, args.probs, args.polygons])
+        check_view_scene(rasters[0], args.max_zoom, args.yes)
     model = _load_for_scene(args, task, rasters)
     summary = predict(
         model, *rasters, out=args.out, probs_path=args.probs, polygons_path=args.polygons,
         threshold=getattr(args, "threshold", None), min_area_m2=args.min_area, simplify=args.simplify,
         **reading_options(args, task, model),
     )  # fmt: skip
+    if args.view:
+        roles = ("before", "after") if len(rasters) == 2 else ("image",)
+        view = write_view(
+            args, rasters, args.out, args.view, roles, probs=args.probs, polygons=args.polygons,
+            stretch=args.stretch or stretch_trained_with(model),
+        )  # fmt: skip
+        summary["view"] = view["view"]
     return _finish(args, summary, "predict")
 
 
@@ -577,6 +686,10 @@ def predict_batch_command(args: argparse.Namespace, task: Task, columns: Sequenc
     from semiseg.models.checkpoints import load_model
     from semiseg.train.distributed import cleanup, init_distributed
 
+    if getattr(args, "view", None):
+        raise SemisegError(
+            "--view maps one scene: with --pairs/--images, run `view` on the scenes you want to see"
+        )
     jobs = batch.read_jobs(args.scenes_csv, columns)  # before loading what may be a large model
     info, device = init_distributed(args.device)
     try:

@@ -35,6 +35,7 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
         ["semicd", "--help"], ["semicd", "train", "--help"], ["semicd", "predict", "--help"],
         ["semicd", "prepare", "--help"], ["semicd", "splits", "--help"], ["semicd", "demo", "--help"],
         ["semicd", "suggest", "--help"], ["semicd", "pseudolabels", "--help"], ["semiseg", "suggest", "--help"],
+        ["semicd", "view", "--help"], ["semiseg", "view", "--help"],
     ],
 )  # fmt: skip
 def test_every_command_has_help(cmd):
@@ -223,10 +224,14 @@ def test_change_detection_train_eval_predict(tmp_path, capsys):
     out = tmp_path / "change.tif"
     code = semicd_main(["predict", "--before", str(tmp_path / "a.tif"), "--after", str(tmp_path / "b.tif"),
                         "--checkpoint", str(run_dir / "best.pt"), "--out", str(out), "--window", "56",
-                        "--workers", "0", "--polygons", str(tmp_path / "change.gpkg")])  # fmt: skip
+                        "--workers", "0", "--polygons", str(tmp_path / "change.gpkg"), "--view", str(tmp_path / "view")])  # fmt: skip
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["height"] == 70 and summary["width"] == 90
+    # --view: the web map of the pair and this prediction, with the command's record inside
+    assert summary["view"] == str(tmp_path / "view" / "index.html")
+    assert (tmp_path / "view" / "after" / "0" / "0" / "0.webp").exists()
+    assert (tmp_path / "view" / "view.yaml").exists()
     with rasterio.open(out) as ds:
         assert ds.crs.to_epsg() == 32618 and ds.transform == from_origin(500000, 4000000, 0.5, 0.5)
         assert ds.tags()["checkpoint_sha256"]
@@ -242,6 +247,13 @@ def test_change_detection_train_eval_predict(tmp_path, capsys):
     code = semicd_main(["predict", "--before", str(tmp_path / "a.tif"), "--after", str(tmp_path / "b.tif"),
                         "--checkpoint", str(run_dir / "best.pt"), "--out", str(tmp_path / "c2.tif"), "--workers", "0"])  # fmt: skip
     assert code == 0 and json.loads(capsys.readouterr().out)["window"] == 42  # the training crop
+    # what the view would refuse is refused before predicting: no prediction written, one line
+    code = semicd_main(["predict", "--before", str(tmp_path / "a.tif"), "--after", str(tmp_path / "b.tif"),
+                        "--checkpoint", str(run_dir / "best.pt"), "--out", str(tmp_path / "c3.tif"), "--workers", "0",
+                        "--view", str(tmp_path / "view3"), "--max-zoom", "9"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--max-zoom 9" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "c3.tif").exists() and not (tmp_path / "view3").exists()
 
 
 def test_change_detection_prepare_and_splits_commands(tmp_path, capsys):

@@ -84,8 +84,11 @@ def test_demo_runs_end_to_end_at_toy_size_with_a_second_round(tmp_path):
     out = tmp_path / "demo"
     result = run_demo(out, size=384, iters=4, seed=0, rounds=2)
 
-    for key in ("before", "after", "truth", "checkpoint", "change", "polygons", "preview"):
+    for key in ("before", "after", "truth", "checkpoint", "change", "polygons", "preview", "view"):
         assert Path(result["paths"][key]).exists(), key
+    view = Path(result["paths"]["view"])
+    assert view == out / "view" / "index.html" and (out / "view" / "before" / "0" / "0" / "0.webp").exists()
+    assert "truth.tif" in view.read_text(encoding="utf-8")  # the truth is drawn as outlines
     change, crs, transform = read(result["paths"]["change"])
     _, scene_crs, scene_transform = read(result["paths"]["before"])
     assert change.shape == (1, 384, 384)
@@ -104,6 +107,7 @@ def test_demo_runs_end_to_end_at_toy_size_with_a_second_round(tmp_path):
         "scene",
         "train",
         "predict",
+        "view",
         "suggest",
         "train_2_suggested",
         "train_2_random",

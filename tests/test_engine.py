@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -394,3 +395,52 @@ def test_a_frozen_encoder_is_recorded_in_the_checkpoint_and_fixed_on_resume(tmp_
     assert len(ckpt["optimizer"]["state"]) == n_trained  # AdamW moments for the head only
     with pytest.raises(SemisegError, match="model.freeze_encoder=True but the config says False"):
         train(_seg_config(split, "folder", "unimatch_v2"), out, progress=False)
+
+
+def test_tensorboard_pictures_follow_the_run_and_leave_training_untouched(tmp_path, monkeypatch):
+    """Every evaluation adds the fixed samples' pictures (inputs, truth, predictions, pseudo-label, confidence
+    mask); writing them changes no training draw: the weights equal those of a run without pictures."""
+    import io
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from semiseg.data.build import build
+    from semiseg.inference import predict_logits
+    from semiseg.models.checkpoints import load_model
+    from semiseg.models.normalize import normalize
+    from semiseg.train import pictures
+
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    cfg = _seg_config(split, "folder", "unimatch_v2")  # 2 epochs of 4 iterations, an evaluation after each
+    train(cfg, tmp_path / "with", progress=False)
+    monkeypatch.setattr(pictures.EvalPictures, "write", lambda *args, **kwargs: None)
+    train(cfg, tmp_path / "without", progress=False)
+    a, b = _weights(tmp_path / "with" / "latest.pt"), _weights(tmp_path / "without" / "latest.pt")
+    for part in ("model", "ema"):
+        for k in a[part]:
+            torch.testing.assert_close(a[part][k], b[part][k], rtol=0, atol=0, msg=f"{part}.{k}")
+    monkeypatch.undo()
+
+    events = EventAccumulator(str(tmp_path / "with" / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    tags = set(events.Tags()["images"])
+    for k in (0, 1):
+        assert {
+            f"pictures/val_{k}/{p}" for p in ("input", "truth", "prediction_student", "prediction_ema")
+        } <= tags
+        assert {f"pictures/unlabeled_{k}/{p}" for p in ("input", "pseudo_label", "confidence_mask")} <= tags
+    shown = events.Images("pictures/unlabeled_0/confidence_mask")
+    assert [e.step for e in shown] == [4, 8]  # at every evaluation
+    mask = np.array(Image.open(io.BytesIO(shown[-1].encoded_image_string)).convert("L"))
+    # the teacher of the last step (the EMA: the segmentation default), on unlabeled sample 0, thresholded at τ
+    data = build(cfg, "fit")
+    images, _, _ = data.unlabeled.read(0)
+    teacher = load_model(tmp_path / "with" / "latest.pt", which="ema")
+    batch = tuple(
+        normalize(torch.from_numpy(im.transpose(2, 0, 1))[None], teacher.mean, teacher.std) for im in images
+    )
+    with torch.inference_mode():
+        logits = predict_logits(teacher, batch, cfg.eval.mode, cfg.eval.window, cfg.eval.stride, 3)
+    confident = (logits.softmax(1)[0].max(0).values >= cfg.method.conf_thresh).numpy()
+    assert mask.shape == confident.shape and ((mask == 255) == confident).mean() > 0.99

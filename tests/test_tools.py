@@ -132,3 +132,13 @@ def test_bench_predict_many_pairs_mode_reports_per_pair_overhead():
         row["bench"] == "predict_pairs" and row["pairs"] == 2 and row["windows"] == 2 * 9
     )  # 3 x 3 windows a pair
     assert row["overhead_s_per_pair"] == pytest.approx((row["total_s"] - row["model_only_s"]) / 2, abs=0.01)
+
+
+def test_bench_view_times_the_command_and_measures_the_folder():
+    proc = run_tool("bench_view.py", "--size", "300", "--repeat", "1")
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    (row,) = json_lines(proc.stdout)
+    assert row["pixels"] == "300 x 300" and row["levels"] == 2  # 300 px: levels 0 and 1 (full resolution)
+    assert row["tiles"]["before"] == row["tiles"]["after"] == 1 + 4
+    assert 0 < row["build_seconds"] and 0 < row["command_seconds_median"]
+    assert row["index_html_mb"] < row["folder_mb"] < 20

@@ -246,6 +246,7 @@ def run_demo(
     log(
         f"change IoU {m['iou']:.1f}, F1 {m['f1']:.1f} (all-unchanged: IoU {base['iou']:.1f}, F1 {base['f1']:.1f}), in percent"
     )
+    view = write_view(out, scene, change_path, polygons_path, seconds)
     second = _second_round(out, scene, plan, counts["labeled"], seed, seconds) if rounds == 2 else None
     return {
         "paths": {
@@ -257,6 +258,7 @@ def run_demo(
             "change": str(change_path),
             "polygons": str(polygons_path),
             "preview": str(preview),
+            "view": view,
         },
         "scene": {
             "size": size,
@@ -277,6 +279,20 @@ def run_demo(
         **({"round_2": second} if second else {}),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
+
+
+def write_view(out: Path, scene: Any, change: Path, polygons: Path, seconds: dict) -> str:
+    """`out/view/`: the web map of the scene, the predicted change and its polygons over the truth's outlines."""
+    from semiseg.view import build_view
+
+    t0 = time.perf_counter()
+    view = build_view(
+        [scene.before, scene.after], change, out / "view", polygons=polygons, truth=scene.truth, progress=False,
+        title="semicd demo: predicted change (red) and the truth (cyan outlines)",
+    )  # fmt: skip
+    seconds["view"] = time.perf_counter() - t0
+    log(f"view ({view['megabytes']:.1f} MB, {seconds['view']:.1f}s): open {view['view']} in a browser")
+    return view["view"]
 
 
 def _train_and_map(

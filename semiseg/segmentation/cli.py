@@ -14,6 +14,7 @@ from semiseg.cli import (
     add_command,
     add_scene_options,
     add_suggest_options,
+    add_view_command,
     is_batch,
     make_parser,
     predict_batch_command,
@@ -21,6 +22,7 @@ from semiseg.cli import (
     record_command,
     run_cli,
     suggest_command,
+    view_command,
 )
 from semiseg.errors import SemisegError
 from semiseg.segmentation.benchmarks import SEGMENTATION_DATASETS
@@ -50,6 +52,10 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 IMAGE_COLUMNS = ("image",)
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    return view_command(args, [args.image], args.classes, ("image",))
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.scenes_csv is not None or args.image:
         if args.input:
@@ -63,6 +69,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     if not args.out:
         raise SemisegError("--input needs --out (the mask folder)")
+    if args.view:
+        raise SemisegError("--view maps a GeoTIFF scene: use it with --image, not --input")
     from semiseg.devices import pick_device
     from semiseg.models.checkpoints import load_model
     from semiseg.predict import predict_folder
@@ -83,6 +91,7 @@ EXAMPLES = {
     "predict": "semiseg predict --checkpoint runs/pascal92/best.pt --input photos/ --out masks/\n"
     "semiseg predict --checkpoint runs/landcover/best.pt --image scene.tif --out classes.tif\n"
     "semiseg predict --checkpoint runs/landcover/best.pt --images scenes.csv --out-dir maps/   # columns image[,name]",
+    "view": "semiseg view --image scene.tif --classes classes.tif --polygons classes.gpkg --out view/",
     "splits": "semiseg splits --dataset pascal --root /data/VOC2012 --labeled 92 --out datasets/pascal/92",
 }
 
@@ -116,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--image", required=True, help="the GeoTIFF scene")
     add_suggest_options(p)
+
+    add_view_command(
+        sub, cmd_view,
+        "a web map of a GeoTIFF scene and its class map: one offline folder, open index.html in any browser",
+        EXAMPLES["view"],
+        [("--image", "the GeoTIFF scene"), ("--classes", "the class map predict wrote for it (same grid)")],
+    )  # fmt: skip
 
     p = add_command(
         sub,

@@ -25,6 +25,7 @@ from semiseg.methods.base import Batch
 from semiseg.models.specs import EncoderSpec
 from semiseg.task import Task, get_task
 from semiseg.train.distributed import DistInfo, cleanup, init_distributed
+from semiseg.train.pictures import EvalPictures
 from semiseg.train.run_folder import RunFolder
 from semiseg.train.run_log import RunLog
 from semiseg.train.sampler import EpochSampler, ShardSampler
@@ -203,6 +204,12 @@ def _fit(
             save_atomic(checkpoint_payload(cfg, step, state, data.classes, rng, data.input_bands), path)
 
     val_loader = loaders.val_loader(info)
+    pictures = None
+    if log.writer is not None:  # the main process, with TensorBoard: fixed samples, read once, no random draw
+        pictures = EvalPictures(
+            data.val, data.unlabeled, cfg.data.nclass, cfg.method.conf_thresh,
+            dict(mode=cfg.eval.mode, window=cfg.eval.window, stride=cfg.eval.stride, flip_tta=cfg.eval.flip_tta),
+        )  # fmt: skip
     show_bar = info.is_main and (progress if progress is not None else sys.stderr.isatty())
     bar = _progress(total_iters, state.iteration, show_bar)  # over the whole run, so its ETA is the run's
     stopped_early, logs = False, {}
@@ -249,6 +256,9 @@ def _fit(
             is_best = _record(
                 task, log, state, scores, state.epoch + state.batch_in_epoch / loaders.iters_per_epoch
             )
+            if pictures is not None:
+                teacher = step.models.teacher if data.unlabeled is not None else None
+                pictures.write(log.writer, state.iteration, _evaluated_models(cfg, step), teacher, device)
         if epoch_done:
             step.method.on_epoch_end(step.model, state.epoch, scores)
         if scores is not None or stopped_early or state.epoch % cfg.train.save_every == 0:
@@ -289,9 +299,7 @@ def _evaluate_all(
     cfg: Config, task: Task, step: TrainStep, loader: DataLoader, device: torch.device
 ) -> dict[str, dict]:
     """Scores of the student and/or EMA; runs on a forked RNG so evaluating never changes the training draws."""
-    wanted = {"student": step.model, "ema": step.ema.model if step.ema else None}
-    if cfg.eval.model != "both":
-        wanted = {k: v for k, v in wanted.items() if k == cfg.eval.model}
+    wanted = _evaluated_models(cfg, step)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         return {
             name: evaluate(
@@ -308,8 +316,13 @@ def _evaluate_all(
                 progress=False,
             )  # fmt: skip
             for name, net in wanted.items()
-            if net is not None
         }
+
+
+def _evaluated_models(cfg: Config, step: TrainStep) -> dict[str, torch.nn.Module]:
+    """The models each evaluation scores, by name: the student and/or the EMA copy (`eval.model`)."""
+    wanted = {"student": step.model, "ema": step.ema.model if step.ema else None}
+    return {k: v for k, v in wanted.items() if v is not None and cfg.eval.model in ("both", k)}
 
 
 def _record(task: Task, log: RunLog, state: TrainState, scores: dict[str, dict], epoch: float) -> bool:
