@@ -36,6 +36,7 @@ from semiseg.io import write_text_atomic
 SUMMARY_CSV = "summary.csv"
 SUMMARY_GEOJSON = "summary.geojson"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+RESERVED_NAMES = ("summary",)  # summary.csv and summary.geojson are the batch's own files
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,18 @@ def read_jobs(path: str | os.PathLike, columns: Sequence[str]) -> list[Job]:
             raise SemisegError(
                 f"{path} line {line}: name {name!r} must be a plain file name (letters, digits, . _ -)"
             )
-        if name in seen:
+        if name.lower().endswith(".probs") or name.lower() in RESERVED_NAMES:
             raise SemisegError(
-                f"{path} line {line}: name {name!r} is also on line {seen[name]}; give each scene its own name "
-                "(a `name` column)"
+                f"{path} line {line}: name {name!r} would overwrite another output (<name>.probs.tif, "
+                "summary.csv/.geojson): no name may end in .probs or be 'summary'; give another (a `name` column)"
             )
-        seen[name] = line
+        key = name.lower()  # case-insensitive file systems (macOS, Windows) would merge X.tif and x.tif
+        if key in seen:
+            raise SemisegError(
+                f"{path} line {line}: name {name!r} is also on line {seen[key]} (names are compared ignoring case); "
+                "give each scene its own name (a `name` column)"
+            )
+        seen[key] = line
         jobs.append(Job(name, rasters))
     return jobs
 

@@ -128,6 +128,13 @@ def test_segmentation_predicts_a_csv_of_images(tmp_path, capsys):
         ("before,name\nx.tif,x\n", "missing: after"),
         ("before,after\n", "it has no rows"),
         ("before,after,name\na.tif,b.tif,x\nc.tif,d.tif,x\n", "'x' is also on line 2"),
+        ("before,after,name\na.tif,b.tif,Scene\nc.tif,d.tif,scene\n", "'scene' is also on line 2"),
+        (
+            "before,after,name\na.tif,b.tif,x\nc.tif,d.tif,x.probs\n",
+            "'x.probs' would overwrite another output",
+        ),
+        ("before,after\nsummary.tif,d.tif\n", "'summary' would overwrite another output"),
+        ("before,after,name\na.tif,b.tif,Summary\n", "'Summary' would overwrite another output"),
         ("before,after,name\na.tif,b.tif,../x\n", "must be a plain file name"),
         ("before,after\na.tif,\n", "line 2: every scene needs before, after"),
     ],
