@@ -4,8 +4,10 @@ The CSV has one column per date of the task (`before`, `after` for change detect
 and an optional `name` (default: the first raster's file stem). Relative paths are read from the CSV's folder.
 Each scene `<name>` gives `<out_dir>/<name>.tif` (the class map) plus, when asked, `<name>.gpkg`/`.geojson`
 (polygons) and `<name>.probs.tif`, then `<name>.json`: the record of what was predicted, written last, so it is
-the mark of a complete scene. A re-run skips every scene whose record is there (made with the same checkpoint):
-an interrupted batch resumes where it stopped.
+the mark of a complete scene. A re-run skips every scene whose record is there, made with the same checkpoint,
+the same inputs (path, size, modification time) and the same options: an interrupted batch resumes where it
+stopped. A record that differs in any of these makes the scene a failure: it is never silently skipped nor
+overwritten.
 
 A scene that fails (an unreadable file, grids that differ, a write error) is reported and the rest goes on; the
 summary (`summary.csv`, and `summary.geojson` with each scene's footprint in WGS 84) lists every scene with its
@@ -19,6 +21,7 @@ are byte-identical to a one-process run. Rank 0 gathers the rows and writes the 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -121,17 +124,21 @@ def predict_jobs(
     rank: int = 0,
     world_size: int = 1,
     progress: bool | None = None,
+    options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Predict this rank's share of `jobs` into `out_dir`; returns one row per scene of that share.
 
     `predict(*rasters, out=..., probs_path=..., polygons_path=...)` predicts one scene and returns its summary
-    (`semiseg.api.predict` with the model and options bound). A scene whose record shows it complete
-    for this checkpoint is skipped; one made with another checkpoint is a failure (never silently overwritten).
+    (`semiseg.api.predict` with the model and options bound). `options` are those that shape the outputs
+    (threshold, window, bands, stretch...): they are recorded with the checkpoint and each input's resolved path,
+    size and modification time. A scene whose record shows it complete with the same checkpoint, inputs and options
+    is skipped; one whose record differs in any of them is a failure (never silently skipped nor overwritten).
     """
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    options = json.loads(json.dumps(options or {}, default=str))  # as a record reads back (lists, strings)
     mine = [(i, job) for i, job in enumerate(jobs) if i % world_size == rank]
     show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
     rows = []
@@ -140,7 +147,8 @@ def predict_jobs(
         paths = outputs.paths(out_dir, job.name)
         row: dict[str, Any] = {"index": index, "name": job.name, "rasters": list(job.rasters)}
         try:
-            record = _complete_record(out_dir, job, paths, checkpoint_sha256)
+            inputs = input_identity(job.rasters)
+            record = _complete_record(out_dir, job, paths, checkpoint_sha256, inputs, options)
             if record is not None:
                 row.update(status="skipped", summary=record["summary"], footprint=record["footprint"])
             else:
@@ -148,7 +156,8 @@ def predict_jobs(
                                   polygons_path=paths["polygons_path"])  # fmt: skip
                 footprint = footprint_wgs84(paths["out"])
                 record = {"name": job.name, "rasters": list(job.rasters), "checkpoint_sha256": checkpoint_sha256,
-                          "rank": rank, "summary": summary, "footprint": footprint}  # fmt: skip
+                          "inputs": inputs, "options": options, "rank": rank, "summary": summary,
+                          "footprint": footprint}  # fmt: skip
                 write_text_atomic(record_path(out_dir, job.name), json.dumps(record, indent=2, default=str))
                 row.update(status="done", summary=summary, footprint=footprint)
         except SemisegError as err:
@@ -164,8 +173,25 @@ def predict_jobs(
     return rows
 
 
-def _complete_record(out_dir: Path, job: Job, paths: dict, checkpoint_sha256: str) -> dict | None:
-    """The record of a scene already predicted completely with this checkpoint, else None."""
+def input_identity(rasters: Sequence[str]) -> list[dict[str, Any]]:
+    """Each input's resolved path, size and modification time: what tells a changed input from the one predicted
+    (a missing input is left to the prediction to report)."""
+    identity = []
+    for raster in rasters:
+        path = Path(raster).resolve()
+        try:
+            st = path.stat()
+            identity.append({"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        except OSError:
+            identity.append({"path": str(path), "size": None, "mtime_ns": None})
+    return identity
+
+
+def _complete_record(
+    out_dir: Path, job: Job, paths: dict, checkpoint_sha256: str, inputs: list[dict], options: dict
+) -> dict | None:
+    """The record of a scene already predicted completely with this checkpoint, inputs and options, else None
+    (nothing there yet); a record that differs in any of them is an error."""
     path = record_path(out_dir, job.name)
     if not path.is_file():
         return None
@@ -176,6 +202,23 @@ def _complete_record(out_dir: Path, job: Job, paths: dict, checkpoint_sha256: st
     if record.get("checkpoint_sha256") != checkpoint_sha256:
         raise SemisegError(
             f"{path} was made with another checkpoint; delete {job.name}.* or choose another --out-dir"
+        )
+    if record.get("inputs") != inputs:
+        changed = [
+            Path(now["path"]).name
+            for now, then in itertools.zip_longest(inputs, record.get("inputs") or [], fillvalue={})
+            if now != then
+        ]
+        raise SemisegError(
+            f"{path} was made from other inputs ({', '.join(n for n in changed if n) or 'not recorded'}: another "
+            f"file, size or modification time); delete {job.name}.* or choose another --out-dir"
+        )
+    if record.get("options") != options:
+        then = record.get("options") or {}
+        changed = sorted(k for k in {*options, *then} if options.get(k) != then.get(k))
+        raise SemisegError(
+            f"{path} was made with other options ({', '.join(f'{k} {then.get(k)!r} now {options.get(k)!r}' for k in changed)}); "
+            f"delete {job.name}.* or choose another --out-dir"
         )
     if any(p is not None and not Path(p).is_file() for p in paths.values()):
         return None  # an output asked for now is not there: predict again

@@ -589,9 +589,15 @@ def predict_batch_command(args: argparse.Namespace, task: Task, columns: Sequenc
         outputs = batch.BatchOutputs(
             None if args.polygon_format == "none" else args.polygon_format, args.with_probs
         )
+        shaping = {
+            k: options[k] for k in ("window", "overlap", "tta", "bands", "stretch", "nodata", "align", "amp")
+        }
+        shaping.update(threshold=getattr(args, "threshold", None), min_area=args.min_area, simplify=args.simplify,
+                       with_probs=args.with_probs, polygon_format=args.polygon_format, which=args.which)  # fmt: skip
         rows = batch.predict_jobs(
-            predict_one, jobs, args.out_dir, model.meta["source_sha256"], outputs, info.rank, info.world_size
-        )
+            predict_one, jobs, args.out_dir, model.meta["source_sha256"], outputs, info.rank, info.world_size,
+            options=shaping,
+        )  # fmt: skip
         rows = batch.gather_rows(rows, info.world_size)
         if info.is_main:
             result = batch.batch_result(rows, *batch.write_summary(rows, args.out_dir))

@@ -182,3 +182,44 @@ def test_outputs_of_another_checkpoint_are_never_overwritten(three_pairs, capsys
             first = (out / "p1.tif").read_bytes()
     assert "p1.json was made with another checkpoint" in capsys.readouterr().err
     assert (out / "p1.tif").read_bytes() == first
+
+
+def test_a_resume_refuses_outputs_made_from_other_inputs_or_options(three_pairs, capsys):
+    tmp = three_pairs
+    (tmp / "pairs.csv").write_text("before,after,name\na1.tif,b1.tif,p1\na3.tif,b3.tif,p3\n")
+    checkpoint = tiny_checkpoint(tmp / "cd")
+    out = tmp / "out"
+    args = [
+        "predict",
+        "--pairs",
+        str(tmp / "pairs.csv"),
+        "--out-dir",
+        str(out),
+        "--checkpoint",
+        str(checkpoint),
+    ]
+    assert semicd_main([*args, *COMMON]) == 0
+    first = {p.name: p.read_bytes() for p in out.glob("p[13].*")}
+    record = json.loads((out / "p1.json").read_text())
+    assert (
+        record["inputs"][0]["path"] == str((tmp / "a1.tif").resolve()) and record["options"]["window"] == 28
+    )
+    capsys.readouterr()
+
+    # The same inputs and options: skipped.
+    assert semicd_main([*args, *COMMON]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == 2
+
+    # Another option that shapes the maps: every scene is a failure, nothing is overwritten.
+    assert semicd_main([*args, *COMMON, "--threshold", "0.9"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert (result["failed"], result["skipped"], result["done"]) == (2, 0, 0)
+    assert "made with other options (threshold None now 0.9)" in result["failures"]["p1"]
+
+    # A changed input (same path, new content): that scene fails, the other is skipped.
+    write_geotiff(tmp / "a1.tif", change_pair(np.random.default_rng(9))[0])
+    assert semicd_main([*args, *COMMON]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert (result["failed"], result["skipped"]) == (1, 1)
+    assert "p1.json was made from other inputs (a1.tif" in result["failures"]["p1"]
+    assert {p.name: p.read_bytes() for p in out.glob("p[13].*")} == first
