@@ -19,6 +19,20 @@ from semiseg.segmentation.cli import main as semiseg_main
 COMMON = ["--window", "28", "--workers", "0"]
 
 
+def batch_args(tmp, out):
+    """`semicd predict` of tmp/pairs.csv into `out` with a tiny checkpoint made in tmp/cd."""
+    checkpoint = tiny_checkpoint(tmp / "cd")
+    return [
+        "predict",
+        "--pairs",
+        str(tmp / "pairs.csv"),
+        "--out-dir",
+        str(out),
+        "--checkpoint",
+        str(checkpoint),
+    ]
+
+
 @pytest.fixture
 def three_pairs(tmp_path):
     """pairs.csv: two good pairs (p1, p3) and a corrupt before image (p2), with relative paths."""
@@ -37,17 +51,8 @@ def three_pairs(tmp_path):
 
 def test_a_corrupt_pair_is_reported_while_the_others_are_predicted(three_pairs, capsys):
     tmp = three_pairs
-    checkpoint = tiny_checkpoint(tmp / "cd")
     out = tmp / "out"
-    args = [
-        "predict",
-        "--pairs",
-        str(tmp / "pairs.csv"),
-        "--out-dir",
-        str(out),
-        "--checkpoint",
-        str(checkpoint),
-    ]
+    args = batch_args(tmp, out)
     assert semicd_main([*args, *COMMON]) == 1
     captured = capsys.readouterr()
     assert (
@@ -187,17 +192,8 @@ def test_outputs_of_another_checkpoint_are_never_overwritten(three_pairs, capsys
 def test_a_resume_refuses_outputs_made_from_other_inputs_or_options(three_pairs, capsys):
     tmp = three_pairs
     (tmp / "pairs.csv").write_text("before,after,name\na1.tif,b1.tif,p1\na3.tif,b3.tif,p3\n")
-    checkpoint = tiny_checkpoint(tmp / "cd")
     out = tmp / "out"
-    args = [
-        "predict",
-        "--pairs",
-        str(tmp / "pairs.csv"),
-        "--out-dir",
-        str(out),
-        "--checkpoint",
-        str(checkpoint),
-    ]
+    args = batch_args(tmp, out)
     assert semicd_main([*args, *COMMON]) == 0
     first = {p.name: p.read_bytes() for p in out.glob("p[13].*")}
     record = json.loads((out / "p1.json").read_text())
