@@ -15,7 +15,8 @@ status, its changed (or per-class) area and, for a failure, the reason.
 
 Under `torchrun --nproc-per-node N` (one or several machines sharing the output folder) rank r predicts the
 scenes r, r + N, r + 2N, ... of the list; each scene is predicted exactly as one process would, so the rasters
-are byte-identical to a one-process run. Rank 0 gathers the rows and writes the summary.
+are byte-identical to a one-process run. Each rank leaves its rows in `.rows-<rank>.json` when done and rank 0
+writes the summary from them, waiting as long as the slowest rank takes (no collective timeout).
 """
 
 from __future__ import annotations
@@ -285,15 +286,60 @@ def write_summary(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike) ->
     return csv_path, geojson_path
 
 
-def gather_rows(rows: list[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:
-    """Every rank's rows on every rank (a no-op in one process)."""
+def run_token(world_size: int) -> str:
+    """One token shared by every rank of this run (rank 0's, broadcast once at the start while every rank is
+    there), marking this run's row files apart from a previous run's."""
+    import uuid
+
+    token = [uuid.uuid4().hex]
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(token, src=0)
+    return token[0]
+
+
+def rows_path(out_dir: Path, rank: int) -> Path:
+    return Path(out_dir) / f".rows-{rank}.json"
+
+
+def collect_rows(
+    rows: list[dict[str, Any]], out_dir: str | os.PathLike, rank: int, world_size: int, token: str,
+    poll_s: float = 0.5,
+) -> list[dict[str, Any]] | None:  # fmt: skip
+    """Every rank's rows on rank 0 (None on the others; `rows` as they are in one process).
+
+    No collective call: each rank writes its rows to `<out_dir>/.rows-<rank>.json` (atomically, tagged with the
+    run's `token`) when it is done, and rank 0 waits for every rank's file, however long the others take (a
+    collective would time out after the process group's 10 or 30 minutes when shares take unequal times, e.g. a
+    resume where one rank only skips). A rank that dies stops the run through torchrun, not through this wait.
+    """
     if world_size == 1:
         return rows
-    import torch.distributed as dist
-
-    everyone: list[Any] = [None] * world_size
-    dist.all_gather_object(everyone, rows)
-    return [r for part in everyone for r in part]
+    out_dir = Path(out_dir)
+    write_text_atomic(rows_path(out_dir, rank), json.dumps({"token": token, "rows": rows}, default=str))
+    if rank != 0:
+        return None
+    parts: dict[int, list] = {}
+    told = False
+    while len(parts) < world_size:
+        for r in range(world_size):
+            if r not in parts:
+                try:
+                    part = json.loads(rows_path(out_dir, r).read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    continue  # not written yet (written atomically: never half)
+                if part.get("token") == token:
+                    parts[r] = part["rows"]
+        if len(parts) < world_size:
+            if not told:
+                waiting = ", ".join(str(r) for r in range(world_size) if r not in parts)
+                print(f"rank 0: waiting for rank(s) {waiting} to finish their scenes", file=sys.stderr)
+                told = True
+            time.sleep(poll_s)
+    for r in range(world_size):
+        rows_path(out_dir, r).unlink(missing_ok=True)
+    return [row for r in range(world_size) for row in parts[r]]
 
 
 def batch_result(rows: Sequence[dict[str, Any]], csv_path: Path, geojson_path: Path) -> dict[str, Any]:

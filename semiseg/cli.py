@@ -580,6 +580,9 @@ def predict_batch_command(args: argparse.Namespace, task: Task, columns: Sequenc
     jobs = batch.read_jobs(args.scenes_csv, columns)  # before loading what may be a large model
     info, device = init_distributed(args.device)
     try:
+        token = batch.run_token(
+            info.world_size
+        )  # the last collective call: all ranks are here, none has worked
         model = load_model(args.checkpoint, task=task.name, which=args.which)
         options = {**reading_options(args, task, model), "device": device}
         predict_one = partial(
@@ -598,8 +601,9 @@ def predict_batch_command(args: argparse.Namespace, task: Task, columns: Sequenc
             predict_one, jobs, args.out_dir, model.meta["source_sha256"], outputs, info.rank, info.world_size,
             options=shaping,
         )  # fmt: skip
-        rows = batch.gather_rows(rows, info.world_size)
-        if info.is_main:
+        mine = rows
+        rows = batch.collect_rows(rows, args.out_dir, info.rank, info.world_size, token)
+        if rows is not None:
             result = batch.batch_result(rows, *batch.write_summary(rows, args.out_dir))
             record_command(Path(args.out_dir) / "predict.yaml", args, result)
             print(json.dumps(result, indent=2))
@@ -610,4 +614,4 @@ def predict_batch_command(args: argparse.Namespace, task: Task, columns: Sequenc
                       file=sys.stderr)  # fmt: skip
     finally:
         cleanup(info)
-    return 1 if any(r["status"] == "failed" for r in rows) else 0
+    return 1 if any(r["status"] == "failed" for r in rows or mine) else 0
