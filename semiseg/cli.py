@@ -481,6 +481,12 @@ def predict_scene_command(args: argparse.Namespace, task: Task, rasters: Sequenc
     """The body of every task's GeoTIFF `predict`: check inputs, load the model, tile-and-predict, record."""
     from semiseg.api import predict
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # N ranks would all compute and write the same --out
+        option = "--pairs" if len(rasters) > 1 else "--images"
+        raise SemisegError(
+            f"one scene is predicted by one process: run it without torchrun, or under torchrun give {option} CSV "
+            "--out-dir DIR (the scenes are shared out; one scene's windows are not split across ranks)"
+        )
     model = _load_for_scene(args, task, rasters)
     summary = predict(
         model, *rasters, out=args.out, probs_path=args.probs, polygons_path=args.polygons,

@@ -91,3 +91,12 @@ def test_the_summary_is_written_however_long_one_rank_takes(tmp_path):
     assert [(r["name"], r["status"]) for r in rows] == [(f"a{i}", "done") for i in range(3)]
     assert float(rows[1]["seconds"]) > 8  # rank 1's scene, slept through the timeout
     assert not list((tmp_path / "o").glob(".rows-*"))  # the rank files are gone once the summary is there
+
+
+def test_one_pair_under_torchrun_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = semicd_main(["predict", "--before", "a.tif", "--after", "b.tif", "--out", str(tmp_path / "c.tif"),
+                        "--checkpoint", "c.pt"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "give --pairs CSV --out-dir DIR" in err
+    assert list(tmp_path.iterdir()) == []
