@@ -393,7 +393,11 @@ def add_reading_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction")
     p.add_argument("--batch-size", type=int_at_least(1), default=4, help="windows per forward pass")
-    p.add_argument("--workers", type=int_at_least(0), default=2, help="DataLoader workers reading windows")
+    p.add_argument(
+        "--workers", type=int_at_least(0), default=None,
+        help="DataLoader workers reading windows (default: 2 for one scene; 0 for a CSV of scenes, where starting "
+        "workers per scene costs more than they save)",
+    )  # fmt: skip
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
         "--bands", type=band_list,
@@ -464,7 +468,7 @@ def reading_options(args: argparse.Namespace, task: Task, model: Any) -> dict[st
     return dict(
         device=pick_device(args.device), amp=args.amp, align=getattr(args, "align", "error"), bands=args.bands,
         nodata=args.nodata, stretch=args.stretch, window=args.window or default_window(model), overlap=args.overlap,
-        batch_size=args.batch_size, num_workers=args.workers, tta=args.tta, yes=args.yes,
+        batch_size=args.batch_size, num_workers=2 if args.workers is None else args.workers, tta=args.tta, yes=args.yes,
         tags={"classes": ",".join(model.meta["classes"]), "checkpoint": Path(args.checkpoint).name,
               "checkpoint_sha256": model.meta["source_sha256"], "task": task.name},
     )  # fmt: skip
@@ -591,6 +595,8 @@ def predict_batch_command(args: argparse.Namespace, task: Task, columns: Sequenc
         )  # the last collective call: all ranks are here, none has worked
         model = load_model(args.checkpoint, task=task.name, which=args.which)
         options = {**reading_options(args, task, model), "device": device}
+        if args.workers is None:  # worker processes started for every scene cost more than they save
+            options["num_workers"] = 0
         predict_one = partial(
             predict, model, progress=False, threshold=getattr(args, "threshold", None),
             min_area_m2=args.min_area, simplify=args.simplify, **options,

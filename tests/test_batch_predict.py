@@ -219,3 +219,22 @@ def test_a_resume_refuses_outputs_made_from_other_inputs_or_options(three_pairs,
     assert (result["failed"], result["skipped"]) == (1, 1)
     assert "p1.json was made from other inputs (a1.tif" in result["failures"]["p1"]
     assert {p.name: p.read_bytes() for p in out.glob("p[13].*")} == first
+
+
+def test_a_batch_starts_no_reader_processes_unless_asked(three_pairs, monkeypatch, capsys):
+    import semiseg.api
+
+    (three_pairs / "pairs.csv").write_text("before,after\na1.tif,b1.tif\n")
+    seen, predict = [], semiseg.api.predict
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["num_workers"])
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(semiseg.api, "predict", spy)
+    args = batch_args(three_pairs, three_pairs / "out")
+    assert semicd_main([*args, "--window", "28", "--polygon-format", "none"]) == 0
+    assert (
+        semicd_main([*batch_args(three_pairs, three_pairs / "out2"), "--window", "28", "--workers", "1"]) == 0
+    )
+    assert seen == [0, 1]
