@@ -221,7 +221,9 @@ def test_a_resume_refuses_outputs_made_from_other_inputs_or_options(three_pairs,
     assert {p.name: p.read_bytes() for p in out.glob("p[13].*")} == first
 
 
-def test_a_batch_starts_no_reader_processes_unless_asked(three_pairs, monkeypatch, capsys):
+def test_a_batch_starts_no_reader_processes_unless_asked_and_names_geojson_layers(
+    three_pairs, monkeypatch, capsys
+):
     import semiseg.api
 
     (three_pairs / "pairs.csv").write_text("before,after\na1.tif,b1.tif\n")
@@ -233,7 +235,9 @@ def test_a_batch_starts_no_reader_processes_unless_asked(three_pairs, monkeypatc
 
     monkeypatch.setattr(semiseg.api, "predict", spy)
     args = batch_args(three_pairs, three_pairs / "out")
-    assert semicd_main([*args, "--window", "28", "--polygon-format", "none"]) == 0
+    assert semicd_main([*args, "--window", "28", "--polygon-format", "geojson"]) == 0
+    # the GeoJSON's layer is the scene's name, not the temporary file's it was written under
+    assert json.loads((three_pairs / "out" / "a1.geojson").read_text())["name"] == "a1"
     assert (
         semicd_main([*batch_args(three_pairs, three_pairs / "out2"), "--window", "28", "--workers", "1"]) == 0
     )
