@@ -16,8 +16,8 @@ __all__ = ["SemisegError", "__version__", "load_model", "predict"]
 
 
 def predict(model: Any, before: Any, after: Any, **options: Any) -> Any:
-    """Change map of a before/after pair: numpy arrays (bands x rows x cols, uint8) or DataArrays in, a
-    `Prediction` (classes, probs) out; or GeoTIFF paths with `out=` in, files and their summary out. The options
+    """Change map of a before/after pair: numpy arrays (bands x rows x cols, uint8 0..255 as the model sees them:
+    not stretched, band-selected nor nodata-masked) or DataArrays in, a `Prediction` (classes, probs) out; or GeoTIFF paths with `out=` in, files and their summary out. The options
     and the details: `semiseg.api.predict`."""
     from semiseg.api import predict as _predict
 

@@ -23,7 +23,8 @@ def load_model(path: Any, task: str | None = None, which: str = "auto") -> Any:
 
 
 def segment(model: Any, image: Any, **options: Any) -> Any:
-    """Class map of one image: a numpy array (bands x rows x cols, uint8) or DataArray in, a `Prediction`
+    """Class map of one image: a numpy array (bands x rows x cols, uint8 0..255 as the model sees it: not
+    stretched, band-selected nor nodata-masked) or DataArray in, a `Prediction`
     (classes, probs) out; or a GeoTIFF path with `out=` in, files and their summary out. The options and the
     details: `semiseg.api.predict` (the same for change detection: `semicd.predict`)."""
     from semiseg.api import predict

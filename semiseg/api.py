@@ -6,8 +6,9 @@
     result.classes, result.probs                      # rows x cols uint8; classes x rows x cols float32
 
 Arrays of any size are cut into overlapping windows, predicted in batches and blended exactly as a GeoTIFF scene is
-(`semiseg.geo.predict.stream_windows`, the same loop), so an array read from a file gives the classes the
-`predict` command writes for that file. DataArrays (dims `band, y, x`, as rioxarray reads them) come back as
+(`semiseg.geo.predict.stream_windows`, the same loop), so a uint8 array read from a file gives the classes the
+`predict` command writes for that file, provided it holds the bands the model takes and `valid=` marks what the
+file's nodata would (arrays are not stretched, band-selected nor nodata-masked: see `predict`). DataArrays (dims `band, y, x`, as rioxarray reads them) come back as
 DataArrays with their `y`/`x` coordinates and their other band-free coordinates, among them rioxarray's
 `spatial_ref`, which holds the CRS and transform. Paths instead of arrays (with `out=`) run the GeoTIFF pipeline
 and return its summary; the `predict` commands call this.
@@ -33,7 +34,8 @@ from semiseg.geo.writer import NODATA
 @dataclass
 class Prediction:
     """`classes`: rows x cols uint8 (255 where no input pixel was valid); `probs`: classes x rows x cols float32
-    softmax probabilities (NaN where not valid). numpy arrays, or DataArrays when the inputs were DataArrays."""
+    softmax probabilities (NaN where not valid), None when asked not to keep them. numpy arrays, or DataArrays
+    when the inputs were DataArrays."""
 
     classes: Any
     probs: Any
@@ -52,13 +54,19 @@ def predict(
     amp: str = "none",
     valid: np.ndarray | None = None,
     progress: bool | None = None,
+    probs: bool = True,
     **file_options: Any,
 ) -> Prediction | dict[str, Any]:
     """Predict one scene: one image per date in the model's order (before, after for change detection).
 
     Arrays: numpy (bands x rows x cols, or rows x cols for one band) or xarray DataArrays (`band, y, x`), uint8
-    0..255, all the same size; extra bands beyond what the model takes are dropped. `valid` (rows x cols bool)
-    marks pixels to predict (default: all). Returns a `Prediction`.
+    0..255, all the same size. They are taken as the 0..255 values the model sees, and that is all that is done to
+    them: the first bands the model takes are used (not the `bands` it was trained with: select them first), other
+    dtypes are refused (non-8-bit data: stretch it to 0..255 first, e.g. with the model's trained `fixed:` limits,
+    or predict the file, which applies the trained stretch), and no nodata value is read: `valid` (rows x cols
+    bool) marks the pixels to predict (default: all). Only then are the classes those the command writes for the
+    file. Returns a `Prediction`; `probs=False` leaves `probs` None and saves its memory (classes x rows x cols
+    float32: 2 x 4 bytes per pixel for change detection, besides the 1-byte classes).
 
     Paths (`str` / `os.PathLike`, with `out`): the GeoTIFF pipeline (`semiseg.predict.predict_scene`, which takes
     `file_options` such as probs_path, polygons_path, bands, nodata, align, num_workers) writes `out` and the
@@ -96,15 +104,15 @@ def predict(
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise SemisegError(f"threshold {threshold} must be between 0 and 1")
     grid = make_grid(height, width, window, overlap, model.patch_size)
-    sink = _ArraySink(height, width, threshold)
+    sink = _ArraySink(height, width, threshold, probs)
     stream_windows(
         ArrayWindows(arrays, mask, grid), grid, make_predictor(model, device, amp), sink, tta, batch_size, 0,
         progress is not False,
     )  # fmt: skip
-    probs = (
-        sink.probs if sink.probs is not None else np.full((model.nclass, height, width), np.nan, np.float32)
-    )
-    return _like_inputs(images[0], Prediction(sink.classes, probs), model.meta.get("classes"))
+    kept = sink.probs
+    if probs and kept is None:  # no valid pixel at all
+        kept = np.full((model.nclass, height, width), np.nan, np.float32)
+    return _like_inputs(images[0], Prediction(sink.classes, kept), model.meta.get("classes"))
 
 
 def _band_first(image: Any, bands: int, index: int) -> np.ndarray:
@@ -158,20 +166,21 @@ class ArrayWindows(Dataset):
 class _ArraySink:
     """Collects the blended strips into whole-scene classes and probabilities."""
 
-    def __init__(self, height: int, width: int, threshold: float | None) -> None:
+    def __init__(self, height: int, width: int, threshold: float | None, keep_probs: bool = True) -> None:
         self.classes = np.full((height, width), NODATA, np.uint8)
         self.probs: np.ndarray | None = None
-        self.threshold = threshold
+        self.threshold, self.keep_probs = threshold, keep_probs
 
     def __call__(self, row: int, probs: np.ndarray | None, valid: np.ndarray) -> None:
         if probs is None:
             return
-        if self.probs is None:
+        if self.keep_probs and self.probs is None:
             self.probs = np.full((probs.shape[0], *self.classes.shape), np.nan, np.float32)
         rows = slice(row, row + valid.shape[0])
         decided, _ = decide(probs, self.threshold)
         self.classes[rows][valid] = decided[valid]
-        self.probs[:, rows][:, valid] = probs[:, valid]
+        if self.keep_probs:
+            self.probs[:, rows][:, valid] = probs[:, valid]
 
 
 def _like_inputs(first: Any, result: Prediction, class_names: Sequence[str] | None) -> Prediction:
@@ -181,11 +190,13 @@ def _like_inputs(first: Any, result: Prediction, class_names: Sequence[str] | No
     import xarray as xr
 
     coords = {name: c for name, c in first.coords.items() if "band" not in c.dims}
+    classes = xr.DataArray(result.classes, dims=("y", "x"), coords=coords, name="classes")
+    classes.attrs["_FillValue"] = NODATA
+    if result.probs is None:
+        return Prediction(classes, None)
     k = result.probs.shape[0]
     names = list(class_names) if class_names and len(class_names) == k else list(range(k))
-    classes = xr.DataArray(result.classes, dims=("y", "x"), coords=coords, name="classes")
     probs = xr.DataArray(
         result.probs, dims=("class", "y", "x"), coords={**coords, "class": names}, name="probs"
     )
-    classes.attrs["_FillValue"] = NODATA
     return Prediction(classes, probs)

@@ -4,8 +4,10 @@ The CSV has one column per date of the task (`before`, `after` for change detect
 and an optional `name` (default: the first raster's file stem). Relative paths are read from the CSV's folder.
 Each scene `<name>` gives `<out_dir>/<name>.tif` (the class map) plus, when asked, `<name>.gpkg`/`.geojson`
 (polygons) and `<name>.probs.tif`, then `<name>.json`: the record of what was predicted, written last, so it is
-the mark of a complete scene. A re-run skips every scene whose record is there (made with the same checkpoint):
-an interrupted batch resumes where it stopped.
+the mark of a complete scene. A re-run skips every scene whose record is there, made with the same checkpoint,
+the same inputs (path, size, modification time) and the same options: an interrupted batch resumes where it
+stopped. A record that differs in any of these makes the scene a failure: it is never silently skipped nor
+overwritten.
 
 A scene that fails (an unreadable file, grids that differ, a write error) is reported and the rest goes on; the
 summary (`summary.csv`, and `summary.geojson` with each scene's footprint in WGS 84) lists every scene with its
@@ -13,12 +15,14 @@ status, its changed (or per-class) area and, for a failure, the reason.
 
 Under `torchrun --nproc-per-node N` (one or several machines sharing the output folder) rank r predicts the
 scenes r, r + N, r + 2N, ... of the list; each scene is predicted exactly as one process would, so the rasters
-are byte-identical to a one-process run. Rank 0 gathers the rows and writes the summary.
+are byte-identical to a one-process run. Each rank leaves its rows in `.rows-<rank>.json` when done and rank 0
+writes the summary from them, waiting as long as the slowest rank takes (no collective timeout).
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -36,6 +40,7 @@ from semiseg.io import write_text_atomic
 SUMMARY_CSV = "summary.csv"
 SUMMARY_GEOJSON = "summary.geojson"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+RESERVED_NAMES = ("summary",)  # summary.csv and summary.geojson are the batch's own files
 
 
 @dataclass(frozen=True)
@@ -71,12 +76,18 @@ def read_jobs(path: str | os.PathLike, columns: Sequence[str]) -> list[Job]:
             raise SemisegError(
                 f"{path} line {line}: name {name!r} must be a plain file name (letters, digits, . _ -)"
             )
-        if name in seen:
+        if name.lower().endswith(".probs") or name.lower() in RESERVED_NAMES:
             raise SemisegError(
-                f"{path} line {line}: name {name!r} is also on line {seen[name]}; give each scene its own name "
-                "(a `name` column)"
+                f"{path} line {line}: name {name!r} would overwrite another output (<name>.probs.tif, "
+                "summary.csv/.geojson): no name may end in .probs or be 'summary'; give another (a `name` column)"
             )
-        seen[name] = line
+        key = name.lower()  # case-insensitive file systems (macOS, Windows) would merge X.tif and x.tif
+        if key in seen:
+            raise SemisegError(
+                f"{path} line {line}: name {name!r} is also on line {seen[key]} (names are compared ignoring case); "
+                "give each scene its own name (a `name` column)"
+            )
+        seen[key] = line
         jobs.append(Job(name, rasters))
     return jobs
 
@@ -114,17 +125,21 @@ def predict_jobs(
     rank: int = 0,
     world_size: int = 1,
     progress: bool | None = None,
+    options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Predict this rank's share of `jobs` into `out_dir`; returns one row per scene of that share.
 
     `predict(*rasters, out=..., probs_path=..., polygons_path=...)` predicts one scene and returns its summary
-    (`semiseg.api.predict` with the model and options bound). A scene whose record shows it complete
-    for this checkpoint is skipped; one made with another checkpoint is a failure (never silently overwritten).
+    (`semiseg.api.predict` with the model and options bound). `options` are those that shape the outputs
+    (threshold, window, bands, stretch...): they are recorded with the checkpoint and each input's resolved path,
+    size and modification time. A scene whose record shows it complete with the same checkpoint, inputs and options
+    is skipped; one whose record differs in any of them is a failure (never silently skipped nor overwritten).
     """
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    options = json.loads(json.dumps(options or {}, default=str))  # as a record reads back (lists, strings)
     mine = [(i, job) for i, job in enumerate(jobs) if i % world_size == rank]
     show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
     rows = []
@@ -133,7 +148,8 @@ def predict_jobs(
         paths = outputs.paths(out_dir, job.name)
         row: dict[str, Any] = {"index": index, "name": job.name, "rasters": list(job.rasters)}
         try:
-            record = _complete_record(out_dir, job, paths, checkpoint_sha256)
+            inputs = input_identity(job.rasters)
+            record = _complete_record(out_dir, job, paths, checkpoint_sha256, inputs, options)
             if record is not None:
                 row.update(status="skipped", summary=record["summary"], footprint=record["footprint"])
             else:
@@ -141,7 +157,8 @@ def predict_jobs(
                                   polygons_path=paths["polygons_path"])  # fmt: skip
                 footprint = footprint_wgs84(paths["out"])
                 record = {"name": job.name, "rasters": list(job.rasters), "checkpoint_sha256": checkpoint_sha256,
-                          "rank": rank, "summary": summary, "footprint": footprint}  # fmt: skip
+                          "inputs": inputs, "options": options, "rank": rank, "summary": summary,
+                          "footprint": footprint}  # fmt: skip
                 write_text_atomic(record_path(out_dir, job.name), json.dumps(record, indent=2, default=str))
                 row.update(status="done", summary=summary, footprint=footprint)
         except SemisegError as err:
@@ -157,8 +174,25 @@ def predict_jobs(
     return rows
 
 
-def _complete_record(out_dir: Path, job: Job, paths: dict, checkpoint_sha256: str) -> dict | None:
-    """The record of a scene already predicted completely with this checkpoint, else None."""
+def input_identity(rasters: Sequence[str]) -> list[dict[str, Any]]:
+    """Each input's resolved path, size and modification time: what tells a changed input from the one predicted
+    (a missing input is left to the prediction to report)."""
+    identity = []
+    for raster in rasters:
+        path = Path(raster).resolve()
+        try:
+            st = path.stat()
+            identity.append({"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        except OSError:
+            identity.append({"path": str(path), "size": None, "mtime_ns": None})
+    return identity
+
+
+def _complete_record(
+    out_dir: Path, job: Job, paths: dict, checkpoint_sha256: str, inputs: list[dict], options: dict
+) -> dict | None:
+    """The record of a scene already predicted completely with this checkpoint, inputs and options, else None
+    (nothing there yet); a record that differs in any of them is an error."""
     path = record_path(out_dir, job.name)
     if not path.is_file():
         return None
@@ -169,6 +203,23 @@ def _complete_record(out_dir: Path, job: Job, paths: dict, checkpoint_sha256: st
     if record.get("checkpoint_sha256") != checkpoint_sha256:
         raise SemisegError(
             f"{path} was made with another checkpoint; delete {job.name}.* or choose another --out-dir"
+        )
+    if record.get("inputs") != inputs:
+        changed = [
+            Path(now["path"]).name
+            for now, then in itertools.zip_longest(inputs, record.get("inputs") or [], fillvalue={})
+            if now != then
+        ]
+        raise SemisegError(
+            f"{path} was made from other inputs ({', '.join(n for n in changed if n) or 'not recorded'}: another "
+            f"file, size or modification time); delete {job.name}.* or choose another --out-dir"
+        )
+    if record.get("options") != options:
+        then = record.get("options") or {}
+        changed = sorted(k for k in {*options, *then} if options.get(k) != then.get(k))
+        raise SemisegError(
+            f"{path} was made with other options ({', '.join(f'{k} {then.get(k)!r} now {options.get(k)!r}' for k in changed)}); "
+            f"delete {job.name}.* or choose another --out-dir"
         )
     if any(p is not None and not Path(p).is_file() for p in paths.values()):
         return None  # an output asked for now is not there: predict again
@@ -235,15 +286,60 @@ def write_summary(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike) ->
     return csv_path, geojson_path
 
 
-def gather_rows(rows: list[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:
-    """Every rank's rows on every rank (a no-op in one process)."""
+def run_token(world_size: int) -> str:
+    """One token shared by every rank of this run (rank 0's, broadcast once at the start while every rank is
+    there), marking this run's row files apart from a previous run's."""
+    import uuid
+
+    token = [uuid.uuid4().hex]
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(token, src=0)
+    return token[0]
+
+
+def rows_path(out_dir: Path, rank: int) -> Path:
+    return Path(out_dir) / f".rows-{rank}.json"
+
+
+def collect_rows(
+    rows: list[dict[str, Any]], out_dir: str | os.PathLike, rank: int, world_size: int, token: str,
+    poll_s: float = 0.5,
+) -> list[dict[str, Any]] | None:  # fmt: skip
+    """Every rank's rows on rank 0 (None on the others; `rows` as they are in one process).
+
+    No collective call: each rank writes its rows to `<out_dir>/.rows-<rank>.json` (atomically, tagged with the
+    run's `token`) when it is done, and rank 0 waits for every rank's file, however long the others take (a
+    collective would time out after the process group's 10 or 30 minutes when shares take unequal times, e.g. a
+    resume where one rank only skips). A rank that dies stops the run through torchrun, not through this wait.
+    """
     if world_size == 1:
         return rows
-    import torch.distributed as dist
-
-    everyone: list[Any] = [None] * world_size
-    dist.all_gather_object(everyone, rows)
-    return [r for part in everyone for r in part]
+    out_dir = Path(out_dir)
+    write_text_atomic(rows_path(out_dir, rank), json.dumps({"token": token, "rows": rows}, default=str))
+    if rank != 0:
+        return None
+    parts: dict[int, list] = {}
+    told = False
+    while len(parts) < world_size:
+        for r in range(world_size):
+            if r not in parts:
+                try:
+                    part = json.loads(rows_path(out_dir, r).read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    continue  # not written yet (written atomically: never half)
+                if part.get("token") == token:
+                    parts[r] = part["rows"]
+        if len(parts) < world_size:
+            if not told:
+                waiting = ", ".join(str(r) for r in range(world_size) if r not in parts)
+                print(f"rank 0: waiting for rank(s) {waiting} to finish their scenes", file=sys.stderr)
+                told = True
+            time.sleep(poll_s)
+    for r in range(world_size):
+        rows_path(out_dir, r).unlink(missing_ok=True)
+    return [row for r in range(world_size) for row in parts[r]]
 
 
 def batch_result(rows: Sequence[dict[str, Any]], csv_path: Path, geojson_path: Path) -> dict[str, Any]:

@@ -393,7 +393,11 @@ def add_reading_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction")
     p.add_argument("--batch-size", type=int_at_least(1), default=4, help="windows per forward pass")
-    p.add_argument("--workers", type=int_at_least(0), default=2, help="DataLoader workers reading windows")
+    p.add_argument(
+        "--workers", type=int_at_least(0), default=None,
+        help="DataLoader workers reading windows (default: 2 for one scene; 0 for a CSV of scenes, where starting "
+        "workers per scene costs more than they save)",
+    )  # fmt: skip
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
         "--bands", type=band_list,
@@ -469,7 +473,7 @@ def reading_options(args: argparse.Namespace, task: Task, model: Any) -> dict[st
     return dict(
         device=pick_device(args.device), amp=args.amp, align=getattr(args, "align", "error"), bands=args.bands,
         nodata=args.nodata, stretch=args.stretch, window=args.window or default_window(model), overlap=args.overlap,
-        batch_size=args.batch_size, num_workers=args.workers, tta=args.tta, yes=args.yes,
+        batch_size=args.batch_size, num_workers=2 if args.workers is None else args.workers, tta=args.tta, yes=args.yes,
         tags={"classes": ",".join(model.meta["classes"]), "checkpoint": Path(args.checkpoint).name,
               "checkpoint_sha256": model.meta["source_sha256"], "task": task.name},
     )  # fmt: skip
@@ -578,6 +582,12 @@ def predict_scene_command(args: argparse.Namespace, task: Task, rasters: Sequenc
     from semiseg.api import predict
     from semiseg.predict import stretch_trained_with
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # N ranks would all compute and write the same --out
+        option = "--pairs" if len(rasters) > 1 else "--images"
+        raise SemisegError(
+            f"one scene is predicted by one process: run it without torchrun, or under torchrun give {option} CSV "
+            "--out-dir DIR (the scenes are shared out; one scene's windows are not split across ranks)"
+        )
     if args.view:  # what the view would refuse is said before the prediction, not after it
         from semiseg.view import check_view_out, check_view_scene
 
@@ -693,8 +703,13 @@ def predict_batch_command(args: argparse.Namespace, task: Task, columns: Sequenc
     jobs = batch.read_jobs(args.scenes_csv, columns)  # before loading what may be a large model
     info, device = init_distributed(args.device)
     try:
+        token = batch.run_token(
+            info.world_size
+        )  # the last collective call: all ranks are here, none has worked
         model = load_model(args.checkpoint, task=task.name, which=args.which)
         options = {**reading_options(args, task, model), "device": device}
+        if args.workers is None:  # worker processes started for every scene cost more than they save
+            options["num_workers"] = 0
         predict_one = partial(
             predict, model, progress=False, threshold=getattr(args, "threshold", None),
             min_area_m2=args.min_area, simplify=args.simplify, **options,
@@ -702,11 +717,18 @@ def predict_batch_command(args: argparse.Namespace, task: Task, columns: Sequenc
         outputs = batch.BatchOutputs(
             None if args.polygon_format == "none" else args.polygon_format, args.with_probs
         )
+        shaping = {
+            k: options[k] for k in ("window", "overlap", "tta", "bands", "stretch", "nodata", "align", "amp")
+        }
+        shaping.update(threshold=getattr(args, "threshold", None), min_area=args.min_area, simplify=args.simplify,
+                       with_probs=args.with_probs, polygon_format=args.polygon_format, which=args.which)  # fmt: skip
         rows = batch.predict_jobs(
-            predict_one, jobs, args.out_dir, model.meta["source_sha256"], outputs, info.rank, info.world_size
-        )
-        rows = batch.gather_rows(rows, info.world_size)
-        if info.is_main:
+            predict_one, jobs, args.out_dir, model.meta["source_sha256"], outputs, info.rank, info.world_size,
+            options=shaping,
+        )  # fmt: skip
+        mine = rows
+        rows = batch.collect_rows(rows, args.out_dir, info.rank, info.world_size, token)
+        if rows is not None:
             result = batch.batch_result(rows, *batch.write_summary(rows, args.out_dir))
             record_command(Path(args.out_dir) / "predict.yaml", args, result)
             print(json.dumps(result, indent=2))
@@ -717,4 +739,4 @@ def predict_batch_command(args: argparse.Namespace, task: Task, columns: Sequenc
                       file=sys.stderr)  # fmt: skip
     finally:
         cleanup(info)
-    return 1 if any(r["status"] == "failed" for r in rows) else 0
+    return 1 if any(r["status"] == "failed" for r in rows or mine) else 0

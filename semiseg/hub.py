@@ -1,4 +1,4 @@
-"""Files on the Hugging Face hub named `hf://OWNER/REPO/PATH[@REVISION]`, wherever a checkpoint or weight file is
+"""Files on the Hugging Face hub named `hf://OWNER/REPO/PATH[@REVISION]` (or `hf://OWNER/REPO@REVISION/PATH`), wherever a checkpoint or weight file is
 accepted (`--checkpoint`, `model.weights`), and the official dataset archives (`semicd download`).
 
 A file is downloaded once into the standard Hugging Face cache (`HF_HUB_CACHE`, default
@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from semiseg.errors import SemisegError
+from semiseg.errors import SemisegError, one_line
 
 PREFIX = "hf://"
 
@@ -31,6 +31,8 @@ class HubFile:
         return f"https://huggingface.co/{self.repo_id}/resolve/{self.revision or 'main'}/{self.filename}"
 
     def __str__(self) -> str:
+        if self.revision and "@" in self.filename:  # only this form keeps the file name's @ apart
+            return f"{PREFIX}{self.repo_id}@{self.revision}/{self.filename}"
         return f"{PREFIX}{self.repo_id}/{self.filename}" + (f"@{self.revision}" if self.revision else "")
 
 
@@ -38,20 +40,35 @@ def is_hub_path(value: object) -> bool:
     return isinstance(value, str) and value.startswith(PREFIX)
 
 
+FILE_ENDINGS = (".pt", ".pth", ".safetensors", ".bin", ".ckpt", ".zip", ".yaml", ".json", ".onnx")
+FORMS = "write hf://OWNER/REPO/PATH, hf://OWNER/REPO/PATH@REVISION or hf://OWNER/REPO@REVISION/PATH"
+
+
 def parse_hub_path(value: str) -> HubFile:
-    """`hf://OWNER/REPO/PATH[@REVISION]` -> HubFile (the revision: a branch, tag or commit)."""
-    rest = value[len(PREFIX) :]
-    head, _, last = rest.rpartition("/")
-    if "@" in last:
-        last, _, revision = last.partition("@")
-    else:
-        revision = None
-    parts = f"{head}/{last}".split("/") if head else [last]
-    if len(parts) < 3 or not all(parts) or revision == "":
-        raise SemisegError(
-            f"{value!r} is not a hub file: write hf://OWNER/REPO/PATH or hf://OWNER/REPO/PATH@REVISION"
-        )
-    return HubFile(f"{parts[0]}/{parts[1]}", "/".join(parts[2:]), revision)
+    """`hf://OWNER/REPO/PATH[@REVISION]` or `hf://OWNER/REPO@REVISION/PATH` (huggingface_hub's own form) ->
+    HubFile. The revision is a branch, tag, commit or `refs/pr/N` (`refs/convert/NAME`).
+
+    In the trailing form the revision is what follows the last `@`, unless that ends like a file name
+    (`model@2x.pt`: a file with `@` in its name); with the revision after REPO, PATH is taken as it is (any `@`
+    in it belongs to the file name).
+    """
+    parts = value[len(PREFIX) :].split("/")
+    if len(parts) < 3 or "@" in parts[0]:
+        raise SemisegError(f"{value!r} is not a hub file: {FORMS}")
+    owner, repo, rest = parts[0], parts[1], parts[2:]
+    if "@" in repo:  # hf://OWNER/REPO@REVISION/PATH
+        repo, _, revision = repo.partition("@")
+        if revision == "refs" and len(rest) >= 3:  # refs/pr/N, refs/convert/NAME
+            revision, rest = "/".join(["refs", *rest[:2]]), rest[2:]
+        filename = "/".join(rest)
+    else:  # hf://OWNER/REPO/PATH[@REVISION]
+        path = "/".join(rest)
+        filename, at, revision = path.rpartition("@")
+        if not at or revision.lower().endswith(FILE_ENDINGS):
+            filename, revision = path, None
+    if not (owner and repo and filename) or "@" in repo or revision == "" or "" in filename.split("/"):
+        raise SemisegError(f"{value!r} is not a hub file: {FORMS}")
+    return HubFile(f"{owner}/{repo}", filename, revision)
 
 
 def resolve_path(value: str | os.PathLike) -> Path:
@@ -78,6 +95,10 @@ def hub_download(file: HubFile, cache_dir: str | os.PathLike | None = None) -> P
         return Path(hf_hub_download(**where, local_files_only=True))
     except LocalEntryNotFoundError:
         pass
+    except (
+        ValueError
+    ) as err:  # HFValidationError (a ValueError): a repository name or revision the hub refuses
+        raise SemisegError(f"{file} is not a valid hub name ({one_line(err)}): {FORMS}") from None
     if not _hub_reachable():
         raise SemisegError(
             f"{file} is not in the Hugging Face cache and the hub cannot be reached (offline?): on a machine with "
@@ -89,6 +110,8 @@ def hub_download(file: HubFile, cache_dir: str | os.PathLike | None = None) -> P
         raise SemisegError(
             f"{file} is not on the hub ({type(err).__name__}): check OWNER/REPO, the path and the revision"
         ) from None
+    except ValueError as err:  # HFValidationError
+        raise SemisegError(f"{file} is not a valid hub name ({one_line(err)}): {FORMS}") from None
     except Exception as err:  # noqa: BLE001 - network errors come in many types; the message is what matters
         raise SemisegError(
             f"could not download {file.url} ({type(err).__name__}); try again or download it yourself"

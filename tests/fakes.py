@@ -183,7 +183,7 @@ def fill_hub_cache(cache: Path, repo_id: str, files: dict[str, bytes], revision:
 
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     commit = hashlib.sha1(repr(sorted(files)).encode()).hexdigest()
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / revision).parent.mkdir(parents=True, exist_ok=True)  # refs/pr/N: folders below refs/
     (repo / "refs" / revision).write_text(commit)
     for name, data in files.items():
         path = repo / "snapshots" / commit / name

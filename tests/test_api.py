@@ -90,3 +90,15 @@ def test_dataarrays_come_back_with_their_coordinates_and_crs(tmp_path):
         "unchanged",
         "changed",
     ]
+
+
+def test_probs_false_keeps_only_the_classes(tmp_path):
+    model = semicd.load_model(tiny_checkpoint(tmp_path / "cd"))
+    before, after = change_pair(np.random.default_rng(2))
+    full = semicd.predict(model, before, after, window=28)
+    light = semicd.predict(model, before, after, window=28, probs=False)
+    assert light.probs is None and full.probs is not None and np.array_equal(light.classes, full.classes)
+    xr = pytest.importorskip("xarray")
+    a, b = (xr.DataArray(x, dims=("band", "y", "x")) for x in (before, after))
+    wrapped = semicd.predict(model, a, b, window=28, probs=False)
+    assert wrapped.probs is None and np.array_equal(wrapped.classes.values, full.classes)

@@ -19,6 +19,20 @@ from semiseg.segmentation.cli import main as semiseg_main
 COMMON = ["--window", "28", "--workers", "0"]
 
 
+def batch_args(tmp, out):
+    """`semicd predict` of tmp/pairs.csv into `out` with a tiny checkpoint made in tmp/cd."""
+    checkpoint = tiny_checkpoint(tmp / "cd")
+    return [
+        "predict",
+        "--pairs",
+        str(tmp / "pairs.csv"),
+        "--out-dir",
+        str(out),
+        "--checkpoint",
+        str(checkpoint),
+    ]
+
+
 @pytest.fixture
 def three_pairs(tmp_path):
     """pairs.csv: two good pairs (p1, p3) and a corrupt before image (p2), with relative paths."""
@@ -37,17 +51,8 @@ def three_pairs(tmp_path):
 
 def test_a_corrupt_pair_is_reported_while_the_others_are_predicted(three_pairs, capsys):
     tmp = three_pairs
-    checkpoint = tiny_checkpoint(tmp / "cd")
     out = tmp / "out"
-    args = [
-        "predict",
-        "--pairs",
-        str(tmp / "pairs.csv"),
-        "--out-dir",
-        str(out),
-        "--checkpoint",
-        str(checkpoint),
-    ]
+    args = batch_args(tmp, out)
     assert semicd_main([*args, *COMMON]) == 1
     captured = capsys.readouterr()
     assert (
@@ -128,6 +133,13 @@ def test_segmentation_predicts_a_csv_of_images(tmp_path, capsys):
         ("before,name\nx.tif,x\n", "missing: after"),
         ("before,after\n", "it has no rows"),
         ("before,after,name\na.tif,b.tif,x\nc.tif,d.tif,x\n", "'x' is also on line 2"),
+        ("before,after,name\na.tif,b.tif,Scene\nc.tif,d.tif,scene\n", "'scene' is also on line 2"),
+        (
+            "before,after,name\na.tif,b.tif,x\nc.tif,d.tif,x.probs\n",
+            "'x.probs' would overwrite another output",
+        ),
+        ("before,after\nsummary.tif,d.tif\n", "'summary' would overwrite another output"),
+        ("before,after,name\na.tif,b.tif,Summary\n", "'Summary' would overwrite another output"),
         ("before,after,name\na.tif,b.tif,../x\n", "must be a plain file name"),
         ("before,after\na.tif,\n", "line 2: every scene needs before, after"),
     ],
@@ -175,3 +187,58 @@ def test_outputs_of_another_checkpoint_are_never_overwritten(three_pairs, capsys
             first = (out / "p1.tif").read_bytes()
     assert "p1.json was made with another checkpoint" in capsys.readouterr().err
     assert (out / "p1.tif").read_bytes() == first
+
+
+def test_a_resume_refuses_outputs_made_from_other_inputs_or_options(three_pairs, capsys):
+    tmp = three_pairs
+    (tmp / "pairs.csv").write_text("before,after,name\na1.tif,b1.tif,p1\na3.tif,b3.tif,p3\n")
+    out = tmp / "out"
+    args = batch_args(tmp, out)
+    assert semicd_main([*args, *COMMON]) == 0
+    first = {p.name: p.read_bytes() for p in out.glob("p[13].*")}
+    record = json.loads((out / "p1.json").read_text())
+    assert (
+        record["inputs"][0]["path"] == str((tmp / "a1.tif").resolve()) and record["options"]["window"] == 28
+    )
+    capsys.readouterr()
+
+    # The same inputs and options: skipped.
+    assert semicd_main([*args, *COMMON]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == 2
+
+    # Another option that shapes the maps: every scene is a failure, nothing is overwritten.
+    assert semicd_main([*args, *COMMON, "--threshold", "0.9"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert (result["failed"], result["skipped"], result["done"]) == (2, 0, 0)
+    assert "made with other options (threshold None now 0.9)" in result["failures"]["p1"]
+
+    # A changed input (same path, new content): that scene fails, the other is skipped.
+    write_geotiff(tmp / "a1.tif", change_pair(np.random.default_rng(9))[0])
+    assert semicd_main([*args, *COMMON]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert (result["failed"], result["skipped"]) == (1, 1)
+    assert "p1.json was made from other inputs (a1.tif" in result["failures"]["p1"]
+    assert {p.name: p.read_bytes() for p in out.glob("p[13].*")} == first
+
+
+def test_a_batch_starts_no_reader_processes_unless_asked_and_names_geojson_layers(
+    three_pairs, monkeypatch, capsys
+):
+    import semiseg.api
+
+    (three_pairs / "pairs.csv").write_text("before,after\na1.tif,b1.tif\n")
+    seen, predict = [], semiseg.api.predict
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["num_workers"])
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(semiseg.api, "predict", spy)
+    args = batch_args(three_pairs, three_pairs / "out")
+    assert semicd_main([*args, "--window", "28", "--polygon-format", "geojson"]) == 0
+    # the GeoJSON's layer is the scene's name, not the temporary file's it was written under
+    assert json.loads((three_pairs / "out" / "a1.geojson").read_text())["name"] == "a1"
+    assert (
+        semicd_main([*batch_args(three_pairs, three_pairs / "out2"), "--window", "28", "--workers", "1"]) == 0
+    )
+    assert seen == [0, 1]

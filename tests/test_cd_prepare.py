@@ -166,3 +166,20 @@ def test_splits_refuse_a_percentage_that_labels_nothing_and_take_a_list(tmp_path
     with pytest.raises(SemisegError, match="points outside the data root"):
         (tmp_path / "bad.txt").write_text("../escape.png\n")
         read_name_list(tmp_path / "bad.txt")
+
+
+def test_prepare_whu_falls_back_to_seeded_lists_without_the_datasets_folder(tmp_path, monkeypatch):
+    """An installed package has no datasets/: a cropped scene still gets our seeded lists, not an error."""
+    from semicd.data import prepare
+    from semicd.data.official import official_sets
+
+    monkeypatch.setattr(prepare, "official_sets", lambda name: official_sets(name, tmp_path / "no-datasets"))
+    rng = np.random.default_rng(0)
+    before = rng.integers(0, 256, (3, 48, 64), dtype=np.uint8)
+    paths = [write_tif(tmp_path / f"{n}.tif", x) for n, x in
+             (("before", before), ("after", before[::-1].copy()), ("label", (before[0] > 128).astype(np.uint8)))]  # fmt: skip
+    summary = prepare_whu(*paths, tmp_path / "dst", tile=TILE)
+    assert summary["lists"] == "seeded" and summary["written"] == 12
+    assert sorted(
+        sum((read_name_list(tmp_path / "dst" / f"{s}.txt") for s in ("train", "val", "test")), [])
+    ) == [f"whucd_{i:05d}.png" for i in range(1, 13)]

@@ -83,7 +83,47 @@ def test_an_archive_missing_a_listed_tile_leaves_nothing_behind(fake_lists, tmp_
         "lacks 1 tiles of the official lists (e.g. B/val_1_1.png)" in err
         and len(err.strip().splitlines()) == 1
     )
-    assert sorted(p.name for p in out.iterdir()) == ["checksums.yaml"]  # no folder, no temporaries
+    assert (
+        list(out.iterdir()) == []
+    )  # no folder, no temporaries, no checksum of an archive that did not verify
+    # The damaged archive recorded nothing: the good one downloaded next is accepted (and recorded).
+    (tmp_path / "good").mkdir()
+    good = fake_archive(tmp_path / "good" / "LEVIR-CD.zip")
+    assert semicd_main(["download", "levir-cd", "--out", str(out), "--archive", str(good)]) == 0
+    sha256 = json.loads(capsys.readouterr().out)["sha256"]
+    assert yaml.safe_load((out / "checksums.yaml").read_text()) == {"LEVIR-CD.zip": sha256}
+
+
+def test_a_download_that_loses_the_race_to_another_is_one_line(fake_lists, tmp_path, monkeypatch, capsys):
+    """Two downloads into the same --out: the one whose rename comes second keeps the other's folder when it
+    verifies, else stops in one line (never an OSError traceback)."""
+    archive = fake_archive(tmp_path / "LEVIR-CD.zip")
+    out = tmp_path / "data"
+    record = download._record_sum
+
+    def the_other_finishes_first(*args):
+        record(*args)
+        monkeypatch.setattr(download, "_record_sum", record)
+        download.download_dataset("levir-cd", out, archive)  # the other download, all the way
+
+    monkeypatch.setattr(download, "_record_sum", the_other_finishes_first)
+    assert semicd_main(["download", "levir-cd", "--out", str(out), "--archive", str(archive)]) == 0
+    assert json.loads(capsys.readouterr().out)["status"].endswith("(another download finished first)")
+    assert sorted(p.name for p in out.iterdir()) == ["LEVIR-CD", "checksums.yaml", "download-levir-cd.yaml"]
+
+    def a_stranger_is_there(*args):
+        record(*args)
+        (out / "LEVIR-CD").mkdir()
+        (out / "LEVIR-CD" / "notes.txt").write_text("not tiles")
+
+    (out / "download-levir-cd.yaml").unlink()
+    (tmp_path / "moved").mkdir()
+    (out / "LEVIR-CD").rename(tmp_path / "moved" / "LEVIR-CD")
+    monkeypatch.setattr(download, "_record_sum", a_stranger_is_there)
+    assert semicd_main(["download", "levir-cd", "--out", str(out), "--archive", str(archive)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot move the unpacked tiles to" in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and sorted(p.name for p in out.iterdir()) == ["LEVIR-CD", "checksums.yaml"]
 
 
 def test_the_archive_comes_from_an_offline_hugging_face_cache(fake_lists, tmp_path, monkeypatch, capsys):

@@ -41,6 +41,43 @@ def test_hub_names_parse_with_and_without_revision():
     assert str(resolve_path("local/file.pt")) == "local/file.pt"
 
 
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("hf://o/r@v1/f.pt", HubFile("o/r", "f.pt", "v1")),  # huggingface_hub's own form
+        ("hf://o/r@v1/a/b.pt", HubFile("o/r", "a/b.pt", "v1")),
+        ("hf://o/r/f.pt@refs/pr/1", HubFile("o/r", "f.pt", "refs/pr/1")),
+        ("hf://o/r@refs/pr/12/a/f.pt", HubFile("o/r", "a/f.pt", "refs/pr/12")),
+        ("hf://o/r/model@2x.pt", HubFile("o/r", "model@2x.pt")),  # a file name with @, no revision
+        ("hf://o/r/model@2x.pt@v1.0", HubFile("o/r", "model@2x.pt", "v1.0")),
+        ("hf://o/r@main/model@2x", HubFile("o/r", "model@2x", "main")),
+    ],
+)
+def test_hub_names_take_the_revision_after_repo_or_path(name, expected):
+    assert parse_hub_path(name) == expected
+    assert parse_hub_path(str(expected)) == expected  # the name we print reads back the same
+
+
+@pytest.mark.parametrize(
+    "bad", ["hf://o@x/r/f.pt", "hf://o/r@/f.pt", "hf://o/r@v1", "hf://o/r@v1/", "hf://o/r/a//f.pt"]
+)
+def test_malformed_hub_names_are_refused_in_one_line(bad):
+    with pytest.raises(SemisegError, match="hf://OWNER/REPO@REVISION/PATH"):
+        parse_hub_path(bad)
+
+
+def test_a_name_the_hub_refuses_is_one_line_not_a_validation_traceback(offline_cache, capsys):
+    code = semicd_main(["export", "--checkpoint", "hf://me/bad--name/x.pt", "--out", "never"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not a valid hub name" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_pull_request_revision_and_a_file_name_with_at_resolve_offline(offline_cache):
+    fill_hub_cache(offline_cache, "me/m", {"w/model@2x.pt": b"weights"}, revision="refs/pr/1")
+    for name in ("hf://me/m@refs/pr/1/w/model@2x.pt", "hf://me/m/w/model@2x.pt@refs/pr/1"):
+        assert resolve_path(name).read_bytes() == b"weights"
+
+
 def test_a_checkpoint_named_hf_loads_from_an_offline_cache_and_predicts(offline_cache, tmp_path, capsys):
     checkpoint = tiny_checkpoint(tmp_path / "cd")
     fill_hub_cache(offline_cache, "me/change-model", {"release/cd.safetensors": checkpoint.read_bytes()})

@@ -3,8 +3,8 @@
 The UniMatch V2 authors publish the tiles their lists name (A/, B/, label/ of 256 px PNGs) as `LEVIR-CD.zip` and
 `WHU-CD.zip` in the `LiheYoung/UniMatch-V2` Hugging Face repository (see https://github.com/LiheYoung/UniMatch-V2,
 remote-sensing/README.md). We fetch them through `semiseg.hub` (the Hugging Face cache: resumed, downloaded once),
-record the archive's SHA-256 on the first download (`<out>/checksums.yaml`; a later archive that differs is
-refused), unpack into a hidden temporary folder, check that every tile of the shipped official lists is there
+record the archive's SHA-256 once it has verified (`<out>/checksums.yaml`, written after the unpacked tiles are
+checked, so a damaged first download records nothing; a later archive that differs is refused), unpack into a hidden temporary folder, check that every tile of the shipped official lists is there
 (A, B and label), copy the lists beside the tiles and only then rename the folder into place: `<out>/LEVIR-CD/`
 either is complete or does not exist.
 """
@@ -63,7 +63,7 @@ def download_dataset(name: str, out: str | Path, archive: str | Path | None = No
     zip_path = Path(archive) if archive is not None else hub_download(spec.file)
     if not zip_path.is_file():
         raise SemisegError(f"archive {zip_path} does not exist")
-    sha256 = _check_sum(out / CHECKSUMS, spec.file.filename, zip_path)
+    sha256 = _check_sum(out / CHECKSUMS, spec.file.filename, zip_path)  # compared now, recorded once verified
     remove_stale_temporaries(target)
     scratch = temp_path_for(target, "")
     try:
@@ -77,7 +77,13 @@ def download_dataset(name: str, out: str | Path, archive: str | Path | None = No
             )
         for s in SETS:
             write_lines_atomic(root / f"{s}.txt", expected[s])
-        root.rename(target)
+        _record_sum(out / CHECKSUMS, spec.file.filename, sha256)  # only an archive that verified is recorded
+        try:
+            root.rename(target)
+        except OSError as err:
+            if target.exists() and not missing_tiles(target, expected):  # another download into --out won
+                return {**summary, "status": "already there, verified (another download finished first)"}
+            raise SemisegError(f"cannot move the unpacked tiles to {target}: {err}") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {**summary, "status": "downloaded, verified", "archive": str(zip_path), "sha256": sha256}
@@ -94,7 +100,7 @@ def missing_tiles(root: Path, expected: dict[str, list[str]]) -> list[str]:
 
 
 def _check_sum(record: Path, key: str, zip_path: Path) -> str:
-    """The archive's SHA-256, recorded the first time and compared with the record afterwards."""
+    """The archive's SHA-256, compared with the one recorded by the first download that verified (if any)."""
     from semiseg.models.checkpoints import file_sha256
 
     sha256 = file_sha256(zip_path)
@@ -105,9 +111,16 @@ def _check_sum(record: Path, key: str, zip_path: Path) -> str:
             f"{zip_path} (SHA-256 {sha256[:12]}...) differs from the {key} first downloaded here ({sums[key][:12]}..., "
             f"recorded in {record}): the archive changed or is damaged; delete the record to accept it"
         )
+    return sha256
+
+
+def _record_sum(record: Path, key: str, sha256: str) -> None:
+    """Record `sha256` for `key` unless a checksum is recorded already (read again: another download may have
+    recorded it meanwhile)."""
+    sums = yaml.safe_load(record.read_text()) if record.is_file() else {}
+    sums = sums if isinstance(sums, dict) else {}
     if key not in sums:
         write_yaml_atomic(record, {**sums, key: sha256})
-    return sha256
 
 
 def _unpack(zip_path: Path, folder: Path) -> None:

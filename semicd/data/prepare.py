@@ -22,6 +22,7 @@ import numpy as np
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from semiseg.data.lists import DATASETS_DIR
 from semiseg.errors import SemisegError
 from semiseg.geo.pair import StretchRule, open_raster, stretch_limits
 from semiseg.io import IMAGE_EXTENSIONS, read_rgb, save_png_atomic, write_lines_atomic
@@ -29,6 +30,8 @@ from semiseg.io import IMAGE_EXTENSIONS, read_rgb, save_png_atomic, write_lines_
 from .geotiff_pair import to_uint8
 from .official import official_sets
 from .tiles import label_to_binary, read_change_label
+
+WHU_OFFICIAL_TILES = 7434  # 126 x 59 tiles of 256 px
 
 LEVIR_SPLITS = ("train", "val", "test")
 WHU_SPLIT_FRACTIONS = (
@@ -188,10 +191,20 @@ def whu_lists(names: Sequence[str], seed: int = 0) -> tuple[dict[str, list[str]]
     """({"train", "val", "test": names}, "official" | "seeded") for the WHU-CD tiles `names`.
 
     The official lists when `names` are exactly the official tiles, else a seeded 80 / 10 / 10 draw of ours
-    (each list in tile order).
+    (each list in tile order); the seeded draw also when the official lists are not there (an installed package
+    ships no `datasets/`), with a warning if the tiles look like the whole official scene.
     """
-    official = official_sets("whu_cd")
-    if sorted(names) == sorted(n for members in official.values() for n in members):
+    try:
+        official = official_sets("whu_cd")
+    except SemisegError:  # an installed package without datasets/: only a source checkout has the lists
+        official = None
+        if len(names) == WHU_OFFICIAL_TILES:
+            print(
+                f"semicd prepare whu: the official WHU-CD lists are not in {DATASETS_DIR} (a source checkout has "
+                "them): writing our seeded lists instead, which differ from the published ones",
+                file=sys.stderr,
+            )
+    if official and sorted(names) == sorted(n for members in official.values() for n in members):
         return official, "official"
     order = np.random.default_rng(seed).permutation(len(names))
     n_train = math.floor(WHU_SPLIT_FRACTIONS[0] * len(names) + 1e-9)

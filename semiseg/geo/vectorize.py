@@ -85,7 +85,9 @@ def vectorize_classes(
     for key, value in (attributes or {}).items():
         gdf[key] = value
     gdf = gdf[["id", "class", "class_name", "area_m2", "mean_prob", *(attributes or {}), "geometry"]]
-    kwargs = {"layer": layer} if driver == "GPKG" and layer else {}
+    kwargs = (
+        {"layer": layer} if layer else {}
+    )  # GeoJSON too: its "name" is the layer (else the temporary file's)
     gdf.to_file(out_path, driver=driver, **kwargs)
     return len(gdf)
 
