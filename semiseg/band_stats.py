@@ -120,13 +120,20 @@ def dataset_band_stats(datasets: Iterable[Any], max_samples: int = 200) -> dict[
     `max_samples` evenly spaced samples of each; nodata pixels are left out."""
     acc: BandAccumulator | None = None
     measured = 0
+    seen: set[str] = set()
     for dataset in datasets:
         if dataset is None or len(dataset) == 0:
             continue
-        picks = np.unique(
-            np.linspace(0, len(dataset) - 1, min(max_samples, len(dataset))).round().astype(int)
-        )
-        for index in picks:
+        # Lists repeat (the labeled list is repeated to the epoch length): measure each distinct sample once.
+        first: dict[str, int] = {}
+        for index in range(len(dataset)):
+            first.setdefault(dataset.name(index), index)
+        distinct = [i for name, i in first.items() if name not in seen]
+        seen.update(first)
+        if not distinct:
+            continue
+        spaced = np.linspace(0, len(distinct) - 1, min(max_samples, len(distinct))).round().astype(int)
+        for index in (distinct[k] for k in np.unique(spaced)):
             images, _, valid = dataset.read(int(index))
             for image in images:
                 acc = acc or BandAccumulator(image.shape[-1])

@@ -250,14 +250,14 @@ def cmd_band_stats(task: Task) -> Handler:
         from semiseg.band_stats import dataset_band_stats, raster_band_stats, stats_config
         from semiseg.io import write_yaml_atomic
 
+        if args.out and not Path(args.out).resolve().parent.is_dir():  # before minutes of measuring
+            raise SemisegError(f"output folder does not exist: {Path(args.out).parent}")
         if args.rasters:
             stats = raster_band_stats(args.rasters, args.bands, args.nodata, args.stretch)
         elif args.config:
             stats = dataset_band_stats(_training_sets(args, task), args.max_samples)
         else:
             raise SemisegError("band-stats needs rasters to measure, or --config to measure its training set")
-        if args.out and not Path(args.out).resolve().parent.is_dir():
-            raise SemisegError(f"output folder does not exist: {Path(args.out).parent}")
         if args.out:
             base = None
             if args.config:

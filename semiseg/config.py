@@ -89,7 +89,8 @@ class DataConfig:
     window: int = _opt(256, "side in px of the training windows laid over the scene")
     bands: list[int] | None = _opt(
         None,
-        "1-based bands to read from GeoTIFFs (default: the first as many as the model takes); predict reuses them",
+        "1-based bands to read from GeoTIFFs (scenes: default the first as many as the model takes; GeoTIFF tiles: "
+        "every non-alpha band; OSCD: positions in B01..B12 with B8A, default all 13); predict reuses them",
     )
     mean: list[float] | None = _opt(
         None,

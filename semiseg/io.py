@@ -155,9 +155,25 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
+            if img.mode in (
+                "I",
+                "I;16",
+                "I;16B",
+                "I;16L",
+                "F",
+            ):  # converting would clip them to 0..255 silently
+                raise SemisegError(
+                    f"{path} is a {img.mode} image (16-bit or float): read such tiles as GeoTIFFs with data.bands "
+                    "and data.stretch (change detection), or convert them to 8-bit first"
+                )
             return np.array(img.convert("RGB"))  # writable: callers may hand it to torch
     except OSError as err:
-        raise SemisegError(f"cannot read image {path}: {err}") from None
+        hint = (
+            "; GeoTIFF tiles with more bands or 16-bit values need data.bands"
+            if str(path).lower().endswith((".tif", ".tiff"))
+            else ""
+        )
+        raise SemisegError(f"cannot read image {path}: {err}{hint}") from None
 
 
 def write_run_record(

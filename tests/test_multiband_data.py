@@ -47,7 +47,8 @@ def test_oscd_measures_its_13_bands_then_trains_from_the_written_config(tmp_path
     args = _sets(f"data.root={root}", *TOY)
     assert semicd_main(["band-stats", "--config", str(REPO / "configs/oscd.yaml"), *args, "--out", str(stats_config)]) == 0  # fmt: skip
     stats = json.loads(capsys.readouterr().out)
-    assert len(stats["mean"]) == 13 and all(0 < s < 0.5 for s in stats["std"]) and stats["samples"] == 4
+    assert len(stats["mean"]) == 13 and all(0 < s < 0.5 for s in stats["std"])
+    assert stats["samples"] == 3  # each train city once, though the labeled list repeats them to data.nsample
     written = yaml.safe_load(stats_config.read_text())
     assert Path(written["base"]).name == "oscd.yaml" and written["data"]["mean"] == stats["mean"]
 
@@ -70,7 +71,11 @@ def test_oscd_semi_supervised_splits_name_cities(tmp_path):
          f"data.std={mean}", *TOY],
     )  # fmt: skip
     bundle = build(cfg, "fit")
-    assert bundle.labeled.items == ["paris", "paris"] and bundle.unlabeled.items == ["rennes", "pisa"]
+    # one sample is one city: both streams are repeated to data.nsample (4), or an epoch would be < one batch
+    assert (
+        bundle.unlabeled.items == ["rennes", "pisa", "rennes", "pisa"]
+        and bundle.labeled.items == ["paris"] * 4
+    )
     assert bundle.val.items == ["milano"]
     sample = bundle.unlabeled[0]
     assert [tuple(im.shape) for im in sample["images"]] == [(13, 32, 32)] * 2
@@ -119,3 +124,29 @@ def test_a_folder_of_four_band_geotiff_tiles_trains_with_bands_and_a_fixed_stret
     run = tmp_path / "run"
     assert semicd_main(["train", "--config", str(stats_config), "--out", str(run), *_sets(*TOY)]) == 0
     assert "input: 4 band(s) (raster bands [1, 2, 3, 4])" in (run / "log.txt").read_text()
+
+
+def test_a_city_is_read_and_stretched_once_then_served_from_the_cache(tmp_path, monkeypatch):
+    import semicd.data.oscd as oscd
+
+    root = make_oscd(tmp_path)
+    calls = []
+    real = oscd.stack_bands
+    monkeypatch.setattr(oscd, "stack_bands", lambda *a: calls.append(1) or real(*a))
+    dataset = OSCDDataset(root, ["paris", "paris"], "val")
+    first, second = dataset.read(0), dataset.read(1)
+    assert len(calls) == 2  # two dates, once
+    assert all(np.array_equal(a, b) for a, b in zip(first[0], second[0]))
+    first[0][0][:] = 0  # callers may crop in place: the cache keeps its own copy
+    assert dataset.read(0)[0][0].any()
+
+
+def test_a_16_bit_tile_is_refused_with_a_hint_not_clipped(tmp_path):
+    from PIL import Image
+
+    from semiseg.io import read_rgb
+
+    path = tmp_path / "t.png"
+    Image.fromarray(np.full((8, 8), 3000, np.uint16)).save(path)
+    with pytest.raises(SemisegError, match="16-bit or float.*data.bands"):
+        read_rgb(path)

@@ -196,3 +196,15 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_the_previous
     assert "\n" not in str(err.value) and sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"]
     monkeypatch.undo()
     assert torch.equal(state.load_checkpoint(path)["model"]["w"], torch.zeros(4))
+
+
+def test_an_error_that_is_not_a_failed_write_keeps_its_traceback(tmp_path, monkeypatch):
+    from semiseg.train import state
+
+    def device_error(obj, f):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(state.torch, "save", device_error)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        state.save_atomic({"w": torch.zeros(1)}, tmp_path / "latest.pt")
+    assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ from semiseg.config import Config, model_spec
 from semiseg.data.build import DataBundle, DataRequest, require_root
 from semiseg.data.geometry import geometry_from_config
 from semiseg.data.lists import find_split_folder, read_name_list, resolve_list
+from semiseg.data.sample import repeat_to_length
 from semiseg.errors import SemisegError
 from semiseg.geo.vectors import VECTOR_SUFFIXES
 
@@ -80,8 +81,12 @@ def build_oscd(cfg: Config, request: DataRequest) -> DataBundle:
         elif split and (split / "unlabeled.txt").is_file():
             unlabeled_names = cities("unlabeled")
         if request.unlabeled and unlabeled_names:
-            unlabeled = OSCDDataset(root, unlabeled_names, "train_u", geometry, **reading)
-        count = len(unlabeled_names) if unlabeled is not None else d.nsample
+            # One sample is one whole city: without repeating, an epoch of a few unlabeled cities would hold
+            # fewer crops than one batch. Both streams draw `data.nsample` crops per epoch instead.
+            unlabeled = OSCDDataset(
+                root, repeat_to_length(unlabeled_names, d.nsample), "train_u", geometry, **reading
+            )
+        count = len(unlabeled) if unlabeled is not None else d.nsample
         labeled = OSCDDataset(root, names, "train_l", geometry, nsample=count, **reading)
     val_list = d.val_list or "test"
     val_names = read_cities(root, val_list) if val_list in ("train", "test") else cities(val_list)

@@ -2,8 +2,9 @@
 
 Used by tile folders of N-band GeoTIFFs (the `change_tiles` layout with `.tif` tiles and `data.bands`) and by
 OSCD. Both dates go through one stretch (`semiseg.geo.pair.stretch_limits`, the rule prediction uses too): uint8
-as is; otherwise `data.stretch` (`auto`/`shared`: the pair's pooled 2-98 % percentiles per band; better, the
-dataset-wide per-band `fixed:` limits that `semicd band-stats` writes, so every tile is scaled alike).
+as is; otherwise `data.stretch` (`auto`/`shared`: the pair's pooled 2-98 % percentiles per band; better, fixed
+per-band limits for the whole dataset, so every tile is scaled alike: `semicd band-stats` given the tile files
+themselves writes them as `fixed:MIN,MAX;...`).
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ def stack_bands(files: Sequence[Path], size: tuple[int, int]) -> tuple[np.ndarra
         with rasterio.open(path) as ds:
             resampling = Resampling.nearest if (ds.height, ds.width) == size else Resampling.bilinear
             out[i] = ds.read(1, out_shape=size, resampling=resampling)
-            if ds.nodata is not None:
+            if ds.nodata is not None and not np.isnan(ds.nodata):
                 valid &= out[i] != ds.nodata
+        valid &= np.isfinite(out[i])  # NaN/Inf never reach a model, whatever the tags say
     return out, valid
 
 

@@ -19,6 +19,7 @@ split every train city is labeled (supervised).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +37,7 @@ LABELS = {"train": "Onera Satellite Change Detection dataset - Train Labels",
 BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
 RGB_BANDS = (4, 3, 2)
 GRID_BAND = "B02"  # a 10 m band: the grid every band is resampled to
+CACHED_CITIES = 4  # per process: 4 cities x 2 dates x 13 bands of about 1 MP in uint8 is about 100 MB
 
 
 def read_cities(root: Path, split: str) -> list[str]:
@@ -113,6 +115,7 @@ class OSCDDataset(CropDataset):
         super().__init__(cities, mode, geometry, nsample, seed)
         self.root = Path(root)
         self.stretch = stretch
+        self._cache: OrderedDict[str, Raw] = OrderedDict()  # the last few cities read, stretched
         self.bands = tuple(bands) if bands else tuple(range(1, len(BANDS) + 1))
         if not all(1 <= b <= len(BANDS) for b in self.bands):
             raise SemisegError(f"data.bands {list(self.bands)}: OSCD bands are numbered 1..{len(BANDS)}")
@@ -133,15 +136,37 @@ class OSCDDataset(CropDataset):
         chosen = [b - 1 for b in self.bands]
         return [[band_files(date_folder(folder, d))[i] for i in chosen] for d in (1, 2)]
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": OrderedDict()}  # DataLoader workers start with an empty cache
+
     def read(self, index: int) -> Raw:
+        """A city, read whole and stretched once, then served from a small cache: every crop of an epoch is
+        drawn from a few cities, and reading 26 band files plus 13 percentile stretches costs about a second."""
+        city = self.items[index]
+        if city not in self._cache:
+            self._cache[city] = self._read_city(city)
+            while len(self._cache) > CACHED_CITIES:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(city)
+        images, label, valid = self._cache[city]
+        return [im.copy() for im in images], None if label is None else label.copy(), valid
+
+    def _read_city(self, city: str) -> Raw:
         import rasterio
 
-        city = self.items[index]
         files = self._files(city)
         with rasterio.open(
             band_files(date_folder(self.root / IMAGES / city, 1))[BANDS.index(GRID_BAND)]
         ) as ds:
             size = (ds.height, ds.width)
+        for date in (2,):
+            with rasterio.open(
+                band_files(date_folder(self.root / IMAGES / city, date))[BANDS.index(GRID_BAND)]
+            ) as ds:
+                if (ds.height, ds.width) != size:
+                    raise SemisegError(
+                        f"OSCD city {city!r}: date {date} is {ds.width}x{ds.height} px at 10 m, date 1 {size[1]}x{size[0]}"
+                    )
         (a, valid_a), (b, valid_b) = (stack_bands(f, size) for f in files)
         valid = valid_a & valid_b
         images = stretch_arrays([a, b], valid, self.stretch)

@@ -240,10 +240,12 @@ def _normalisation(
         raise SemisegError(
             f"{path} records {len(mean)} means and {len(std)} stds, but its encoder takes {bands} bands"
         )
-    if not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+    if not all(math.isfinite(v) for v in mean + std):
         raise SemisegError(
-            f"{path} records mean {list(mean)} and std {list(std)}: every std must be a positive number"
+            f"{path} records mean {list(mean)} and std {list(std)}: every value must be a number"
         )
+    if min(std) <= 0:
+        raise SemisegError(f"{path} records a std of {min(std)}: every std must be positive")
     return mean, std
 
 

@@ -49,6 +49,10 @@ class TrainState:
     best: dict[str, Any] = field(default_factory=dict)
 
 
+# How torch's zip writer reports a write that failed underneath it (a full disk, a file-size limit).
+WRITE_FAILURES = ("unexpected pos", "file write failed", "iostream error", "No space left")
+
+
 def save_atomic(obj: Any, path: Path) -> None:
     """Write a checkpoint under a temporary name and rename it: the previous file stays whole until the new one
     is. A failed write (a full disk is the usual cause: a ViT-L run's checkpoint with EMA and AdamW state is about
@@ -57,10 +61,15 @@ def save_atomic(obj: Any, path: Path) -> None:
         with atomic_path(path) as tmp:
             torch.save(obj, tmp)
     except (OSError, RuntimeError) as err:
-        free = shutil.disk_usage(path.parent).free
+        if isinstance(err, RuntimeError) and not any(w in str(err) for w in WRITE_FAILURES):
+            raise  # not a failed write (e.g. a device error copying tensors): keep the traceback
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 1e9:.1f} GB free on its disk"
+        except OSError:
+            free = "its folder cannot be read"
         raise SemisegError(
-            f"could not save the checkpoint {path}: about {tensor_bytes(obj) / 1e9:.1f} GB needed, "
-            f"{free / 1e9:.1f} GB free on its disk ({error_reason(err)})"
+            f"could not save the checkpoint {path}: about {tensor_bytes(obj) / 1e9:.1f} GB needed, {free} "
+            f"({error_reason(err)})"
         ) from None
 
 
