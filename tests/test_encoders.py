@@ -7,6 +7,7 @@ bands and statistics, `band-stats`, and a 4-band uint16 GeoTIFF pair trained and
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -29,6 +30,16 @@ from semiseg.models.specs import ENCODER_SPECS, SAT493M_MEAN, encoder_spec
 TINY = ("tiny", "tiny_reg", "tiny_dinov3")
 
 
+@contextlib.contextmanager
+def meta_device(monkeypatch):
+    """Build full-size models without memory or weights. Older timm (1.0.20) reads the stochastic-depth rates
+    with `.item()` while building, which a meta tensor cannot give: that one schedule is made on the CPU."""
+    real = torch.linspace
+    monkeypatch.setattr(torch, "linspace", lambda *a, **k: real(*a, **{**k, "device": "cpu"}))
+    with torch.device("meta"):
+        yield
+
+
 def _randomise(module: torch.nn.Module) -> None:
     """Random values everywhere (timm zero-inits some tensors, which would hide a mis-loaded key)."""
     generator = torch.Generator().manual_seed(0)
@@ -49,11 +60,11 @@ def test_every_family_gives_four_patch_grid_maps_without_class_or_register_token
 
 
 @pytest.mark.parametrize("name", [n for n, s in ENCODER_SPECS.items() if s.arch and not n.startswith("tiny")])
-def test_full_size_entries_match_timms_definitions(name):
+def test_full_size_entries_match_timms_definitions(name, monkeypatch):
     import timm
 
     spec = encoder_spec(name)
-    with torch.device("meta"):
+    with meta_device(monkeypatch):
         ours = _build_vit(spec)
         hub = timm.create_model(spec.hub_name.split(".")[0], pretrained=False, num_classes=0)
     assert ours.embed_dim == hub.embed_dim == spec.dim and len(ours.blocks) == spec.depth
@@ -121,7 +132,7 @@ def test_rgb_weights_files_load_into_a_four_band_encoder(name, tmp_path):
 def test_offline_dinov3_weights_name_the_file_to_fetch_and_where_it_goes(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(encoder_module, "_hub_reachable", lambda: False)
-    with torch.device("meta"):
+    with meta_device(monkeypatch):
         encoder = Encoder("dinov3_large_sat")
     with pytest.raises(SemisegError) as err:
         encoder.load_pretrained("hub")
