@@ -1,11 +1,12 @@
 """The encoder: a ViT from timm returning four tapped layers, for every family in `semiseg.models.specs`.
 
-DINOv2 (the official UniMatch V2 encoders) is built by our `DinoV2` subclass. Why a subclass rather than `timm.create_model(..., dynamic_img_size=True)`: timm resamples the 37x37 position
-embeddings with an antialiased bicubic resize to the exact token grid, whereas the official DINOv2 code (and so every
-UniMatch V2 checkpoint) uses a plain bicubic resize driven by a scale factor with a +0.1 offset. The two differ
-enough to move logits, so we override that one method and keep everything else timm's (blocks, SDPA attention,
-weight layout). DINOv2 with registers and DINOv3 are built by timm as they are (`timm.create_model`): no
-official checkpoint depends on their details, and timm's resampling matches their own code.
+DINOv2 (the official UniMatch V2 encoders) is built by our `DinoV2` subclass. Why a subclass rather than
+`timm.create_model(..., dynamic_img_size=True)`: timm resamples the 37x37 position embeddings with an antialiased
+bicubic resize to the exact token grid, whereas the official DINOv2 code (and so every UniMatch V2 checkpoint) uses
+a plain bicubic resize driven by a scale factor with a +0.1 offset. The two differ enough to move logits, so we
+override that one method and keep everything else timm's (blocks, SDPA attention, weight layout). DINOv2 with
+registers and DINOv3 are built by timm as they are (`timm.create_model`): no official checkpoint depends on their
+details, and timm's resampling matches their own code.
 """
 
 from __future__ import annotations
