@@ -1,17 +1,18 @@
 """Prediction from Python, for every task: arrays in, probabilities and classes out; or files in, files out.
 
-    import semicd
-    model = semicd.load_model("best.pt")
-    result = semicd.predict(model, before, after)     # numpy (bands, rows, cols) uint8, or xarray DataArrays
-    result.classes, result.probs                      # rows x cols uint8; classes x rows x cols float32
+    model = semiseg.load_model("best.pt")
+    result = semiseg.segment(model, image)   # numpy (bands, rows, cols) uint8, or an xarray DataArray
+    result.classes, result.probs             # rows x cols uint8; classes x rows x cols float32
+
+Change detection has the same call with two dates, `semicd.predict(model, before, after)`, in its own package.
 
 Arrays of any size are cut into overlapping windows, predicted in batches and blended exactly as a GeoTIFF scene is
 (`semiseg.geo.predict.stream_windows`, the same loop), so a uint8 array read from a file gives the classes the
 `predict` command writes for that file, provided it holds the bands the model takes and `valid=` marks what the
-file's nodata would (arrays are not stretched, band-selected nor nodata-masked: see `predict`). DataArrays (dims `band, y, x`, as rioxarray reads them) come back as
-DataArrays with their `y`/`x` coordinates and their other band-free coordinates, among them rioxarray's
-`spatial_ref`, which holds the CRS and transform. Paths instead of arrays (with `out=`) run the GeoTIFF pipeline
-and return its summary; the `predict` commands call this.
+file's nodata would (arrays are not stretched, band-selected nor nodata-masked: see `predict`). DataArrays (dims
+`band, y, x`, as rioxarray reads them) come back as DataArrays with their `y`/`x` coordinates and their other
+band-free coordinates, among them rioxarray's `spatial_ref`, which holds the CRS and transform. Paths instead of
+arrays (with `out=`) run the GeoTIFF pipeline and return its summary; the `predict` commands call this.
 """
 
 from __future__ import annotations
