@@ -82,6 +82,26 @@ def test_bench_train_step_supervised_skips_the_ema():
     assert step["method"] == "supervised" and step["uses_ema"] is False
 
 
+def test_bench_train_step_counts_flops_in_proportion_to_the_batch_and_reports_mfu():
+    flops = {}
+    for batch in ("1", "2"):
+        proc = run_tool(
+            "bench_train_step.py", "--method", "supervised", "--task", "segmentation", "--encoder", "tiny",
+            "--crop", "28", "--batch", batch, "--device", "cpu", "--warmup", "0", "--iters", "1", "--threads", "1",
+            "--peak-tflops", "2.0",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        (step,) = json_lines(proc.stdout)
+        flops[batch] = step["flops_per_step"]
+        assert step["tflops_per_s"] == pytest.approx(
+            step["flops_per_step"] / step["step_s"] / 1e12, rel=1e-2, abs=1e-4
+        )
+        assert step["peak_tflops"] == 2.0 and step["mfu"] == pytest.approx(
+            step["tflops_per_s"] / 2.0, abs=1e-4
+        )
+    assert flops["1"] > 0 and flops["2"] == 2 * flops["1"]  # every counted op is per sample at a fixed crop
+
+
 @pytest.mark.skipif(not (OFFICIAL / "remote-sensing" / "model").is_dir(), reason="no official checkout")
 def test_bench_train_step_runs_the_official_step_on_cpu():
     proc = run_tool(

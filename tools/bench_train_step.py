@@ -85,6 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers for --loader")
     p.add_argument("--loader-batches", type=int, default=8, help="batches timed after the warm-up ones")
     p.add_argument("--official-repo", default=None, help="local checkout of LiheYoung/UniMatch-V2")
+    p.add_argument(
+        "--peak-tflops", type=float, default=None,
+        help="the device's peak TFLOP/s at --amp, for the MFU (default: looked up for known GPUs, else no MFU)",
+    )  # fmt: skip
     p.add_argument("--worker", choices=["ours", "official", "loader"], default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     patch = encoder_spec(args.encoder).patch_size
@@ -138,6 +142,47 @@ def _synthetic_batch(n_images: int, batch: int, crop: int, nclass: int, device: 
 
 
 # ---------------------------------------------------------------------------------------------------------
+# FLOPs and model FLOPs utilisation
+
+# Dense peak TFLOP/s per device and precision, from the vendors' data sheets (no sparsity). fp32 means plain FP32
+# (torch's default matmul precision "highest" does not use TF32). Others: pass --peak-tflops.
+PEAK_TFLOPS = {
+    ("H100", "bf16"): 989.4, ("H100", "none"): 66.9, ("H200", "bf16"): 989.4, ("H200", "none"): 66.9,
+    ("A100", "bf16"): 312.0, ("A100", "none"): 19.5, ("L40S", "bf16"): 362.1, ("L40S", "none"): 91.6,
+}  # fmt: skip
+
+
+def peak_tflops(device: torch.device, amp: str, given: float | None) -> float | None:
+    """The peak to divide by: the user's, else the table's entry for this GPU and precision, else unknown."""
+    if given:
+        return given
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for (gpu, prec), v in PEAK_TFLOPS.items() if gpu in name and prec == amp), None)
+
+
+def utilisation(step, step_s: float, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    """FLOPs of one more step, counted by `torch.utils.flop_counter` (matmuls, convolutions and attention, forward
+    and backward: what the model computes, not what the hardware executes), the rate at the measured step time, and
+    the model FLOPs utilisation against the device's peak when it is known."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    flops = counter.get_total_flops()
+    peak = peak_tflops(device, args.amp, args.peak_tflops)
+    rate = flops / step_s / 1e12
+    return {
+        "flops_per_step": flops,
+        "tflops_per_s": round(rate, 4),
+        "peak_tflops": peak,
+        "mfu": round(rate / peak, 4) if peak else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Our step
 
 
@@ -188,6 +233,7 @@ def bench_ours(args: argparse.Namespace) -> dict[str, Any]:
         out["baseline_rss_mb"] = round(memory.baseline_mb, 1)
     with memory.measure(out, "step"):
         out["step_s"] = round(median_seconds(one_step, device, args.warmup, args.iters), 4)
+    out.update(utilisation(one_step, out["step_s"], device, args))
     return out
 
 
@@ -311,6 +357,8 @@ def bench_official(args: argparse.Namespace) -> dict[str, Any]:
         out["baseline_rss_mb"] = round(memory.baseline_mb, 1)
     with _cuda_calls_are_identity(device.type != "cuda"), memory.measure(out, "step"):
         out["step_s"] = round(median_seconds(iteration, device, args.warmup, args.iters), 4)
+    with _cuda_calls_are_identity(device.type != "cuda"):
+        out.update(utilisation(iteration, out["step_s"], device, args))
     return out
 
 
