@@ -68,17 +68,11 @@ def stretch_arrays(dates: Sequence[np.ndarray], valid: np.ndarray, stretch: str)
     """Non-8-bit dates (bands x H x W) -> uint8 H x W x bands under `stretch`, as `stretch_limits` does for files:
     `fixed` limits as given, `per-date` percentiles per date, `none` clipping, else (`auto`, `shared`) the dates'
     pooled 2-98 % percentiles per band."""
-    from semiseg.geo.pair import apply_stretch, parse_stretch, percentile_limits
+    from semiseg.geo.pair import apply_stretch, parse_stretch, rule_limits
 
     rule = parse_stretch(stretch)
-    bands = dates[0].shape[0]
-    if rule.mode == "fixed":
-        limits = [rule.fixed_limits(bands)] * len(dates)
-    elif rule.mode == "none":
-        limits = [((0.0, 255.0),) * bands] * len(dates)
-    elif rule.mode == "per-date":
-        limits = [percentile_limits([band[valid] for band in d]) for d in dates]
-    else:
-        pooled = percentile_limits([np.concatenate([d[i][valid] for d in dates]) for i in range(bands)])
-        limits = [pooled] * len(dates)
+    mode = "shared" if rule.mode == "auto" else rule.mode
+    limits = rule_limits(
+        mode, rule, dates[0].shape[0], len(dates), lambda: [[b[valid] for b in d] for d in dates]
+    )
     return [np.ascontiguousarray(apply_stretch(d, lim).transpose(1, 2, 0)) for d, lim in zip(dates, limits)]

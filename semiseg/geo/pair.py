@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -439,6 +439,27 @@ def _build_scene(handles, align: str, bands, nodata, rule: StretchRule) -> Scene
     return Scene(tuple(sources), first.crs, transform, width, height, tuple(notes), stretch_text)
 
 
+def rule_limits(
+    mode: str,
+    rule: StretchRule,
+    bands: int,
+    dates: int,
+    samples: Callable[[], list[list[np.ndarray]]],
+) -> list[tuple[tuple[float, float], ...]]:
+    """Each date's per-band (low, high) under a resolved `mode` (`auto` already decided): `none` clips to
+    0..255, `fixed` takes the rule's limits, `per-date` each date's own percentiles, anything else the dates'
+    pooled percentiles. `samples()` (valid values per date and band) is only called for the percentile modes, so
+    files are read only when needed. Shared by files (`stretch_limits`) and arrays (`semicd.data.multiband`)."""
+    if mode == "none":
+        return [((0.0, 255.0),) * bands] * dates
+    if mode == "fixed":
+        return [rule.fixed_limits(bands)] * dates
+    values = samples()
+    if mode == "per-date":
+        return [percentile_limits(date) for date in values]
+    return [percentile_limits([np.concatenate(band) for band in zip(*values)])] * dates
+
+
 def stretch_limits(
     handles: Sequence, selected: Sequence[Sequence[int]], nodata: float | None, rule: StretchRule
 ) -> tuple[list, str]:
@@ -449,25 +470,21 @@ def stretch_limits(
     all_uint8 = all(h.dtypes[b - 1] == "uint8" for h, sel in zip(handles, selected) for b in sel)
     mode = ("none" if all_uint8 else "shared") if rule.mode == "auto" else rule.mode
     dtypes = ", ".join(sorted({h.dtypes[b - 1] for h, sel in zip(handles, selected) for b in sel}))
+    if mode == "none" and all_uint8:
+        return [None] * len(handles), "none"
+    limits = rule_limits(
+        mode, rule, len(selected[0]), len(handles),
+        lambda: [stretch_samples(h, sel, nodata) for h, sel in zip(handles, selected)],
+    )  # fmt: skip
     if mode == "none":
-        if all_uint8:
-            return [None] * len(handles), "none"
-        clip = tuple((0.0, 255.0) for _ in selected[0])
-        return [clip] * len(handles), f"clipping the {dtypes} values to 0..255 (stretch none)"
+        return limits, f"clipping the {dtypes} values to 0..255 (stretch none)"
     if mode == "fixed":
-        fixed = rule.fixed_limits(len(selected[0]))
-        shown = ", ".join(f"{lo:g}..{hi:g}" for lo, hi in dict.fromkeys(fixed))
-        return [fixed] * len(handles), f"a fixed stretch of the {dtypes} values {shown}"
-    samples = [stretch_samples(h, sel, nodata) for h, sel in zip(handles, selected)]
+        shown = ", ".join(f"{lo:g}..{hi:g}" for lo, hi in dict.fromkeys(limits[0]))
+        return limits, f"a fixed stretch of the {dtypes} values {shown}"
     if len(handles) == 1:
-        limits, mode, who = [percentile_limits(samples[0])], "percentile", "the image's"
-    elif mode == "per-date":
-        limits, who = [percentile_limits(s) for s in samples], "each date's own"
+        mode, who = "percentile", "the image's"
     else:
-        limits, who = (
-            [percentile_limits([np.concatenate(band) for band in zip(*samples)])] * len(handles),
-            "the pooled dates'",
-        )
+        who = "each date's own" if mode == "per-date" else "the pooled dates'"
     per_date = [", ".join(f"{lo:.4g}..{hi:.4g}" for lo, hi in lim) for lim in limits]
     shown = (
         per_date[0]
