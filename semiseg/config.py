@@ -234,6 +234,12 @@ class OptimConfig:
     poly_power: float = _opt(
         0.9, "poly schedule lr·(1 − it/total)^power, updated every iteration, no warm-up"
     )
+    fused: bool | None = _opt(
+        None,
+        "AdamW as one fused kernel per step, which also skips a step with a non-finite loss on the device, so the "
+        "check needs no wait for the accelerator; null: fused on CUDA, PyTorch's default (the official code's) "
+        "elsewhere",
+    )
 
 
 @dataclass
@@ -248,7 +254,17 @@ class TrainConfig:
     )
     seed: int = _opt(0, "seed of every random draw")
     device: str = _opt("auto", "`auto`, `cpu`, `cuda` or `cuda:N`")
-    log_every: int = _opt(20, "iterations between logged training losses")
+    log_every: int = _opt(
+        20,
+        "iterations between logged training losses; values (and, with a fused optimiser, the non-finite check) are "
+        "read back from the accelerator only then",
+    )
+    compile: Literal["off", "default", "max-autotune"] = _opt(
+        "off",
+        "torch.compile each encoder block and the head (`max-autotune`: longer compile, tuned kernels); the first "
+        "steps take longer while it compiles; evaluation runs uncompiled; falls back to uncompiled with one "
+        "warning where compiling cannot work",
+    )
     save_every: int = _opt(1, "epochs between `latest.pt` saves")
     grad_clip: float | None = _opt(None, "clip the gradient norm to this (null: no clipping)")
     accumulate: int = _opt(
@@ -332,6 +348,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 errors.append(str(err))
         raise SemisegError(errors[0] if errors else f"{where}: invalid value {value!r}")
     if origin is Literal:
+        if isinstance(value, bool) and ("off" if value is False else "on") in args:
+            value = "off" if value is False else "on"  # YAML 1.1 reads a bare off/on as a boolean
         if value not in args:
             raise SemisegError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value

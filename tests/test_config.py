@@ -200,3 +200,13 @@ def test_nulls_mean_the_default_and_values_replace_whole(tmp_path):
     assert (
         load_config(None, ["task=change_detection", "data.nclass=null"]).data.nclass == 2
     )  # the task fixes it
+
+
+def test_a_bare_yaml_off_is_the_word_off_where_a_setting_takes_it(tmp_path):
+    """YAML 1.1 reads `compile: off` as False; a setting whose values include "off" takes it as that word."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  compile: off\n")
+    assert load_config(path, []).train.compile == "off"
+    assert load_config(path, ["train.compile=max-autotune"]).train.compile == "max-autotune"
+    with pytest.raises(SemisegError, match="train.compile: True is not one of"):
+        load_config(None, ["train.compile=true"])

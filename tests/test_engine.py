@@ -176,20 +176,33 @@ def test_resume_refuses_a_different_model(tmp_path):
         )
 
 
-def test_non_finite_loss_stops_the_run_with_a_message(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fused", ["false", "true"])
+def test_non_finite_loss_stops_the_run_with_a_message(tmp_path, monkeypatch, fused):
+    """Synchronous check (PyTorch's default AdamW) or the fused optimiser's check on the device, read at the next
+    log point: either way the run stops naming the first bad iteration and never saves a bad update."""
     from semiseg.methods.supervised import Supervised
 
     split = make_segmentation_benchmark(tmp_path, "folder")
     original = Supervised.step
+    calls = []
 
     def poisoned(self, models, labeled, unlabeled):
         out = original(self, models, labeled, unlabeled)
-        out.loss = out.loss * math.nan
+        calls.append(1)
+        if len(calls) == 2:
+            out.loss = out.loss * math.nan
         return out
 
     monkeypatch.setattr(Supervised, "step", poisoned)
-    with pytest.raises(SemisegError, match="non-finite at iteration 0"):
-        train(_seg_config(split, "folder", "supervised"), tmp_path / "run", progress=False)
+    cfg = _seg_config(
+        split, "folder", "supervised", f"optim.fused={fused}", "train.log_every=3", "data.nsample=16"
+    )
+    with pytest.raises(SemisegError, match="non-finite at iteration 1"):
+        train(cfg, tmp_path / "run", progress=False)
+    # the deferred check lets good steps run until the log point at iteration 3; the synchronous one stops at 1
+    assert len(calls) == (3 if fused == "true" else 2)
+    saved = torch.load(tmp_path / "run" / "nonfinite.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
 
 def test_bad_data_is_reported_before_training(tmp_path):
@@ -281,6 +294,106 @@ def test_the_step_refuses_a_non_finite_loss_before_updating_anything():
         step(batch, None, 3)
     for k, v in step.model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_the_fused_step_skips_a_non_finite_step_on_the_device_and_reports_it_when_asked():
+    """With `optim.fused` the bad step is skipped by the optimiser kernel (weights, moments, step count) and by
+    the EMA, without reading the flag back; `check_finite` reports the first bad iteration and its loss; the
+    steps around it train normally."""
+    from semiseg.methods.base import Batch
+    from semiseg.train.step import NonFiniteLossError, TrainStep
+
+    cfg = load_config(
+        None,
+        [
+            "data.nclass=3",
+            "data.crop_size=28",
+            "model.encoder=tiny",
+            "method.name=unimatch_v2",
+            "optim.fused=true",
+        ],
+    )
+    step = TrainStep.from_config(cfg, torch.device("cpu"), total_iters=10)
+    assert step.deferred_check and step.optimizer.defaults["fused"]
+    g = torch.Generator().manual_seed(0)
+    images = (torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8, generator=g),)
+    batch = Batch(
+        images, torch.randint(0, 3, (2, 28, 28), generator=g), torch.zeros(2, 28, 28, dtype=torch.uint8)
+    )
+
+    def snapshot():
+        opt_steps = [float(s["step"]) for s in step.optimizer.state.values()]
+        return (
+            {k: v.clone() for k, v in step.model.state_dict().items()},
+            {k: v.clone() for k, v in step.ema.state_dict().items()},
+            opt_steps,
+        )
+
+    step(batch, batch, 0)
+    step.check_finite()  # nothing bad yet
+    model0, ema0, steps0 = snapshot()
+    method_step = step.method.step
+
+    def poisoned(models, labeled, unlabeled):
+        out = method_step(models, labeled, unlabeled)
+        out.loss = out.loss * math.nan
+        return out
+
+    step.method.step = poisoned
+    step(batch, batch, 1)
+    step.method.step = method_step
+    model1, ema1, steps1 = snapshot()
+    for k in model0:
+        assert torch.equal(model1[k], model0[k]), k
+    for k in ema0:
+        assert torch.equal(ema1[k], ema0[k]), k
+    assert steps1 == steps0 == [1.0] * len(steps0)
+    step(batch, batch, 2)  # a good step after it trains
+    model2, _, steps2 = snapshot()
+    assert steps2 == [2.0] * len(steps0)
+    assert any(not torch.equal(model2[k], model1[k]) for k in model1)
+    with pytest.raises(NonFiniteLossError, match="iteration 1 \\(loss=nan"):
+        step.check_finite()
+
+
+def test_a_compiled_model_trains_two_steps_like_the_uncompiled_one(tmp_path):
+    """`train.compile=default` compiles every encoder block and the head in place (same state-dict keys, so
+    checkpoints do not depend on it), trains, and gives the uncompiled run's weights up to kernel rounding."""
+    from torch._dynamo.utils import counters
+
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    runs, graphs = {}, {}
+    for mode in ("off", "default"):
+        cfg = _seg_config(
+            split, "folder", "supervised", f"train.compile={mode}", "train.max_iters=2", "data.nsample=8"
+        )
+        before = counters["stats"]["unique_graphs"]
+        train(cfg, tmp_path / mode, progress=False)
+        graphs[mode] = counters["stats"]["unique_graphs"] - before
+        runs[mode] = _weights(tmp_path / mode / "latest.pt")["model"]
+    log = (tmp_path / "default" / "log.txt").read_text()
+    assert "train.compile=default: 5 regions compiled" in log and "stopped at train.max_iters=2" in log
+    assert graphs["off"] == 0 and graphs["default"] >= 2  # a block and the head, at least
+    assert list(runs["off"]) == list(runs["default"])
+    for k, v in runs["default"].items():
+        torch.testing.assert_close(v, runs["off"][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_compile_falls_back_with_one_warning_where_it_cannot_work(monkeypatch):
+    import semiseg.train.step as step_module
+    from semiseg.train.step import TrainStep
+
+    monkeypatch.setattr(step_module, "compile_problem", lambda device, mode: "RuntimeError: no C++ compiler")
+    cfg = load_config(
+        None, ["data.nclass=3", "data.crop_size=28", "model.encoder=tiny", "train.compile=default"]
+    )
+    with pytest.warns(
+        UserWarning, match="cannot work here .*no C\\+\\+ compiler.*training uncompiled"
+    ) as caught:
+        step = TrainStep.from_config(cfg, torch.device("cpu"), total_iters=10)
+    assert len(caught) == 1
+    assert step.compile_note.startswith("warning: train.compile=default cannot work here")
+    assert not any(hasattr(m, "_compiled_call_impl") and m._compiled_call_impl for m in step.model.modules())
 
 
 # ---------------------------------------------------------------- the stage seam and old checkpoints

@@ -77,6 +77,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nclass", type=int, default=None, help="default: the task's, else 21")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
+    p.add_argument(
+        "--compile", choices=["off", "default", "max-autotune"], default="off",
+        help="train.compile for our step (the compile time is reported apart as first_step_s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fused", choices=["auto", "true", "false"], default="auto",
+        help="optim.fused for our step (auto: fused on CUDA)",
+    )  # fmt: skip
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
@@ -205,6 +213,8 @@ def bench_ours(args: argparse.Namespace) -> dict[str, Any]:
             f"method.extras=[{','.join(args.extras)}]",
             f"method.teacher={args.teacher}",
             f"train.amp={args.amp}",
+            f"train.compile={args.compile}",
+            f"optim.fused={'null' if args.fused == 'auto' else args.fused}",
         ],
     )
     torch.manual_seed(0)
@@ -227,13 +237,22 @@ def bench_ours(args: argparse.Namespace) -> dict[str, Any]:
         float(step(labeled, unlabeled, next(iteration))["loss"])  # read back, as a log point does
 
     out = _header(args, "train_step", device)
-    out.update(impl="ours", teacher=args.teacher, uses_ema=step.ema is not None)
+    out.update(impl="ours", teacher=args.teacher, uses_ema=step.ema is not None, compile=args.compile)
+    out.update(fused=bool(step.optimizer.defaults.get("fused")), host_sync_free=step.deferred_check)
     memory = PeakMemory(device)
     if device.type != "cuda":
         out["baseline_rss_mb"] = round(memory.baseline_mb, 1)
     with memory.measure(out, "step"):
+        if (
+            args.compile != "off"
+        ):  # the compilation happens in the first step (and the first at each new shape)
+            out["compile_note"] = step.compile_note
+            started = time.perf_counter()
+            one_step()
+            out["first_step_s"] = round(time.perf_counter() - started, 2)
         out["step_s"] = round(median_seconds(one_step, device, args.warmup, args.iters), 4)
-    out.update(utilisation(one_step, out["step_s"], device, args))
+    with torch.compiler.set_stance("force_eager"):  # count the model's FLOPs on the same maths, uncompiled
+        out.update(utilisation(one_step, out["step_s"], device, args))
     return out
 
 

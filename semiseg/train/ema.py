@@ -23,10 +23,22 @@ class EMA:
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module, iteration: int) -> None:
+    def update(self, model: nn.Module, iteration: int, skip: torch.Tensor | None = None) -> None:
+        """θ_ema ← α·θ_ema + (1 − α)·θ. `skip` (a device flag, 1.0 for a skipped step) makes α = 1 there without
+        reading the flag back; without it, the arithmetic is the official update's exactly."""
         alpha = ema_ratio(iteration, self.decay)
         ema_params = [p for p in self.model.parameters()]
         params = [p.detach() for p in model.parameters()]
+        if skip is not None:
+            keep = torch.where(skip > 0, 1.0, alpha).to(torch.float32)
+            torch._foreach_mul_(ema_params, keep)
+            torch._foreach_add_(ema_params, torch._foreach_mul(params, 1.0 - keep))
+            for b_ema, b in zip(self.model.buffers(), model.buffers()):
+                if b_ema.dtype.is_floating_point:
+                    b_ema.mul_(keep).add_(b.detach() * (1.0 - keep))
+                else:
+                    b_ema.copy_(torch.where(skip > 0, b_ema, b.detach()))
+            return
         torch._foreach_mul_(ema_params, alpha)
         torch._foreach_add_(ema_params, params, alpha=1.0 - alpha)
         for b_ema, b in zip(self.model.buffers(), model.buffers()):

@@ -7,6 +7,7 @@ this file owns the schedule. Values are read back from the accelerator only at l
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -193,6 +194,8 @@ def _fit(
     )
     if notice := weights_notice(cfg.model.weights, spec):
         log.info(notice)
+    if step.compile_note:
+        log.info(step.compile_note)
     if step.ema is not None and cfg.method.teacher == "student":
         log.info(
             "the student makes the pseudo-labels: the EMA model is kept and evaluated for information only"
@@ -202,6 +205,13 @@ def _fit(
         rng = gather_rng(info)  # collective: every rank calls save()
         if info.is_main:
             save_atomic(checkpoint_payload(cfg, step, state, data.classes, rng, data.input_bands), path)
+
+    def nonfinite(err: NonFiniteLossError, epoch: int) -> SemisegError:
+        save(out / "nonfinite.pt")
+        return SemisegError(
+            f"{err} in epoch {epoch}: lower optim.lr or use train.amp=none; the last good state is in "
+            f"{latest.name}"
+        )
 
     val_loader = loaders.val_loader(info)
     pictures = None
@@ -221,27 +231,28 @@ def _fit(
         for b, micro_batches in enumerate(loaders.steps(epoch, start), start=start):
             try:
                 logs = step.accumulated(micro_batches, state.iteration)
+                state.iteration += 1
+                state.batch_in_epoch = b + 1
+                log_point = state.iteration % cfg.train.log_every == 0 or b == start
+                if log_point:  # values leave the device here only
+                    step.check_finite()
+                    log.train_point(state.iteration, {k: float(v) for k, v in logs.items()})
+                    if bar is not None:
+                        bar.set_postfix_str(format_logs(logs))
             except NonFiniteLossError as err:
-                save(out / "nonfinite.pt")
-                raise SemisegError(
-                    f"{err} in epoch {epoch}: lower optim.lr or use train.amp=none; the last good state is in "
-                    f"{latest.name}"
-                ) from None
-            state.iteration += 1
-            state.batch_in_epoch = b + 1
-            if (
-                state.iteration % cfg.train.log_every == 0 or b == start
-            ):  # a log point: values leave the device
-                log.train_point(state.iteration, {k: float(v) for k, v in logs.items()})
-                if bar is not None:
-                    bar.set_postfix_str(format_logs(logs))
+                raise nonfinite(err, epoch) from None
             if bar is not None:
                 bar.update(1)
             if cfg.train.max_iters is not None and state.iteration >= cfg.train.max_iters:
                 stopped_early = True
                 break
-            if stop.requested(info, device):
+            # Under DDP asking every process is a collective and a host sync: done at log points only.
+            if (log_point or not info.enabled) and stop.requested(info, device):
                 break
+        try:
+            step.check_finite()  # before anything is evaluated, logged or saved
+        except NonFiniteLossError as err:
+            raise nonfinite(err, epoch) from None
         log.info(f"epoch {epoch + 1}/{cfg.train.epochs}: {format_logs(logs)} ({time.time() - t0:.1f}s)")
         epoch_done = state.batch_in_epoch >= loaders.iters_per_epoch
         if stop.signum is not None and not epoch_done:  # mid-epoch: save where we are, nothing else
@@ -252,13 +263,15 @@ def _fit(
         due = epoch_done and (state.epoch % cfg.train.eval_every == 0 or state.epoch == cfg.train.epochs)
         scores, is_best = None, False
         if due or stopped_early:  # a mid-epoch stop is scored too, so best.pt always exists
-            scores = _evaluate_all(cfg, task, step, val_loader, device)
+            with _uncompiled(cfg):
+                scores = _evaluate_all(cfg, task, step, val_loader, device)
             is_best = _record(
                 task, log, state, scores, state.epoch + state.batch_in_epoch / loaders.iters_per_epoch
             )
             if pictures is not None:
                 teacher = step.models.teacher if data.unlabeled is not None else None
-                pictures.write(log.writer, state.iteration, _evaluated_models(cfg, step), teacher, device)
+                with _uncompiled(cfg):
+                    pictures.write(log.writer, state.iteration, _evaluated_models(cfg, step), teacher, device)
         if epoch_done:
             step.method.on_epoch_end(step.model, state.epoch, scores)
         if scores is not None or stopped_early or state.epoch % cfg.train.save_every == 0:
@@ -285,6 +298,14 @@ def _interrupted(stop: StopRequest, state: TrainState, latest: Path, log: RunLog
     log.info(message)
     log.close()
     return RunInterrupted(message, stop.signum)
+
+
+def _uncompiled(cfg: Config) -> Any:
+    """Evaluation runs the compiled regions eagerly: it sees whole images of many sizes, each of which would be
+    compiled anew for a pass made once an epoch, while training repeats the same few shapes every step."""
+    if cfg.train.compile == "off":
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("force_eager")
 
 
 def _progress(total: int, start: int, show: bool):

@@ -8,12 +8,19 @@ from semiseg.config import OptimConfig
 from semiseg.models.segmentor import Segmentor
 
 
-def build_optimizer(model: Segmentor, cfg: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(
+    model: Segmentor, cfg: OptimConfig, device: torch.device | None = None
+) -> torch.optim.AdamW:
     """Encoder at `lr`, everything else (fusion, head) at `lr * lr_multi`; weight decay on all parameters.
+
+    `cfg.fused` (None: fused on CUDA only) selects AdamW's fused kernel: one launch for all parameters instead of
+    a few per tensor list, and it can skip a step from a flag on the device (`semiseg.train.step`). Elsewhere
+    PyTorch's default implementation is kept, which is what the official code runs.
 
     A frozen encoder (`model.freeze_encoder`) leaves the first group empty, as the official code does: the group
     still exists, so the schedule sets both groups the same way and the logged learning rate is the encoder's."""
     encoder_params, other_params = model.param_groups()
+    fused = cfg.fused if cfg.fused is not None else device is not None and device.type == "cuda"
     return torch.optim.AdamW(
         [
             {"params": encoder_params, "lr": cfg.lr},
@@ -22,6 +29,7 @@ def build_optimizer(model: Segmentor, cfg: OptimConfig) -> torch.optim.AdamW:
         lr=cfg.lr,
         betas=tuple(cfg.betas),
         weight_decay=cfg.weight_decay,
+        fused=fused or None,  # None, not False: PyTorch then picks its default (foreach) implementation
     )
 
 

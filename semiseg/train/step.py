@@ -24,6 +24,14 @@ The order is the official UniMatch V2 one, and the parity checks rely on it:
 4. backward (scaled for fp16; the gradients were zeroed before step 2), optional clipping, optimiser step;
 5. the EMA update with α = min(1 − 1/(iteration + 1), ema_decay).
 
+With a fused optimiser (`optim.fused`, the default on CUDA) and no fp16 scaler, step 3 needs no host sync: the
+non-finite flag stays on the device and is handed to the fused AdamW kernel, which then skips the update (weights,
+moments, step count); the EMA skips it too (α = 1). The flag is read by `check_finite` at the trainer's log
+points, which raises `NonFiniteLossError` naming the first bad iteration. Between the bad step and that read, no
+update reaches the weights from a bad step; later good steps do train, so the saved state is the good one.
+Reading the flag every step would make the host wait for the accelerator to finish the step before queueing the
+next: on a GPU that idles it between steps.
+
 With `train.accumulate` = n, steps 2-4's backward run once per micro-batch (loss / n, gradients adding up, DDP's
 exchange only on the last), then clipping, the optimiser and the EMA once: `TrainStep.accumulated`.
 """
@@ -31,6 +39,7 @@ exchange only on the last), then clipping, the optimiser and the EMA once: `Trai
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +50,7 @@ from semiseg.config import Config, model_spec
 from semiseg.devices import AMP_DTYPES
 from semiseg.errors import SemisegError
 from semiseg.methods.base import Batch, Method, Models
+from semiseg.models.compile import compile_problem, compile_regions
 from semiseg.models.segmentor import Segmentor, build_model
 from semiseg.registry import build_method
 from semiseg.task import get_task
@@ -91,6 +101,11 @@ class TrainStep:
         teacher = ema.model if ema is not None and cfg.method.teacher == "ema" else model
         self.models = Models(student=student, teacher=teacher, raw_student=model)
         self.primary_metric = get_task(cfg.task).primary_metric
+        # The fp16 scaler hands its own overflow flag to the optimiser, so fp16 keeps the synchronous check.
+        self.deferred_check = bool(optimizer.defaults.get("fused")) and not self.scaler.is_enabled()
+        self._first_bad: torch.Tensor | None = None  # iteration of the first skipped step, -1 while none
+        self._bad_logs: dict[str, torch.Tensor] = {}  # that step's logs
+        self.compile_note: str | None = None  # what `train.compile` did, for the run log
 
     @classmethod
     def from_config(
@@ -114,7 +129,12 @@ class TrainStep:
         if cfg.model.freeze_encoder:
             model.freeze_encoder()  # before the optimiser is built: its encoder group stays empty
         ema = EMA(model, cfg.method.ema_decay) if method.uses_ema else None
-        return cls(model, method, build_optimizer(model, cfg.optim), cfg, total_iters, device, ema, dist)
+        step = cls(
+            model, method, build_optimizer(model, cfg.optim, device), cfg, total_iters, device, ema, dist
+        )
+        if cfg.train.compile != "off":
+            step.compile_note = compile_step_models(step, cfg.train.compile)
+        return step
 
     def _autocast(self) -> Any:
         if self.amp_dtype is None:
@@ -149,6 +169,7 @@ class TrainStep:
         self.method.set_progress(iteration, self.total_iters)
         self.optimizer.zero_grad(set_to_none=True)
         logs: dict[str, Any] = {}
+        step_bad: torch.Tensor | None = None
         for i, (labeled, unlabeled) in enumerate(micro_batches):
             if isinstance(labeled, dict):
                 labeled = Batch.from_loader(labeled, self.device)
@@ -157,8 +178,11 @@ class TrainStep:
             with self._no_sync(last=i == n - 1):
                 with self._autocast():
                     result = self.method.step(self.models, labeled, unlabeled)
+                if self.deferred_check:  # on the device, read at log points (module doc)
+                    bad = ~torch.isfinite(result.loss.detach())
+                    step_bad = bad if step_bad is None else step_bad | bad
                 # One host sync per micro-batch, on purpose: a bad update must never reach the weights.
-                if broadcast_flag(not torch.isfinite(result.loss).item(), self.dist, self.device):
+                elif broadcast_flag(not torch.isfinite(result.loss).item(), self.dist, self.device):
                     raise NonFiniteLossError(iteration, {"loss": result.loss.detach(), **result.logs})
                 self.scaler.scale(result.loss if n == 1 else result.loss / n).backward()
             micro_logs = {"loss": result.loss.detach(), **result.logs}
@@ -169,8 +193,57 @@ class TrainStep:
         if cfg.train.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        skip = None
+        if step_bad is not None:
+            skip = self._skip_flag(step_bad, iteration, logs)
+            self.optimizer.found_inf, self.optimizer.grad_scale = skip, None  # read by the fused kernel
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf, self.optimizer.grad_scale
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         if self.ema is not None:
-            self.ema.update(self.model, iteration)
+            self.ema.update(self.model, iteration, skip)
         return {**logs, "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _skip_flag(self, step_bad: torch.Tensor, iteration: int, logs: dict[str, Any]) -> torch.Tensor:
+        """1.0 where this step must be skipped (a non-finite loss on any process), as a device tensor; records the
+        first such iteration and its logs, all without reading anything back."""
+        skip = step_bad.float()
+        if self.dist.enabled:  # queued on the device like the gradient exchange; no host wait with NCCL
+            torch.distributed.all_reduce(skip, op=torch.distributed.ReduceOp.MAX)
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        first = (self._first_bad < 0) & (skip > 0)
+        self._first_bad = torch.where(first, iteration, self._first_bad)
+        for key, value in logs.items():
+            if isinstance(value, torch.Tensor):
+                old = self._bad_logs.get(key, torch.zeros_like(value))
+                self._bad_logs[key] = torch.where(first, value.detach(), old)
+        return skip
+
+    def check_finite(self) -> None:
+        """Raise `NonFiniteLossError` if a step since the start was skipped for a non-finite loss. With the fused
+        optimiser this reads one value back from the device (a host sync): the trainer calls it at log points
+        and before it evaluates or saves. Without it, the step already checked, and this reads nothing."""
+        if self._first_bad is not None and (iteration := int(self._first_bad)) >= 0:
+            raise NonFiniteLossError(iteration, self._bad_logs)
+
+
+def compile_step_models(step: TrainStep, mode: str) -> str:
+    """Compile the student and its EMA copy region by region (`semiseg.models.compile`); returns the sentence
+    the run log gets: what was compiled, or why nothing was (then one `warnings.warn` too)."""
+    problem = compile_problem(step.device, mode)
+    if problem is not None:
+        message = f"train.compile={mode} cannot work here ({problem}); training uncompiled"
+        warnings.warn(message, stacklevel=2)
+        return "warning: " + message
+    count = compile_regions(step.model, mode)
+    if step.ema is not None:
+        compile_regions(step.ema.model, mode)
+    return (
+        f"train.compile={mode}: {count} regions compiled (encoder blocks and head); the first steps compile them, "
+        "evaluation runs uncompiled"
+    )

@@ -1,0 +1,51 @@
+"""Regional `torch.compile` of a `Segmentor`: every transformer block and the DPT head, each compiled in place.
+
+Why regional: the encoder is a stack of identical blocks. Compiling each block (rather than the whole model)
+lets dynamo compile the block's code once and reuse it for all of them, and for the EMA copy too, so compile
+time stays in seconds to a minute instead of growing with depth; the code between blocks (patch embedding,
+position-embedding resampling, the |f_A − f_B| fusion, complementary dropout, the final resize) stays eager, so
+its random draws and shape checks are exactly the uncompiled model's.
+
+Why in place (`nn.Module.compile`) rather than `torch.compile(module)`: the wrapper returned by the latter
+renames every state-dict key (`_orig_mod.`), which would make checkpoints depend on the setting. In place,
+parameters, keys, `deepcopy` and `functional_call` (PrevMatch's snapshots) are unchanged.
+
+Compilation needs a working backend (a C++ compiler for Inductor on CPU, Triton on CUDA). `compile_problem`
+tries a two-layer model first, so a machine without one trains uncompiled after one warning instead of failing
+at the first step.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+CompileMode = Literal["off", "default", "max-autotune"]
+COMPILE_MODES: tuple[str, ...] = ("off", "default", "max-autotune")
+
+
+def compile_problem(device: torch.device, mode: str) -> str | None:
+    """Why `torch.compile(mode=mode)` cannot run a forward and backward on `device` here (None if it can).
+
+    The probe's initialisation draws on a forked generator: the run's own random draws are left as they were."""
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            probe = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 2)).to(device)
+            x = torch.linspace(-1.0, 1.0, 32, device=device).reshape(4, 8)
+            torch.compile(probe, mode=None if mode == "default" else mode)(x).sum().backward()
+    except Exception as err:  # any backend failure means: train uncompiled
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"{type(err).__name__}: {first[:200]}"
+    return None
+
+
+def compile_regions(model: nn.Module, mode: str) -> int:
+    """Compile, in place, each block of the model's ViT and its head; returns how many modules were compiled.
+
+    `model` is a `Segmentor` (or any module with `encoder.vit.blocks` and `head`)."""
+    regions = [*model.encoder.vit.blocks, model.head]
+    for region in regions:
+        region.compile(mode=None if mode == "default" else mode)
+    return len(regions)
