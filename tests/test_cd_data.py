@@ -141,6 +141,9 @@ def test_per_sample_randomness_is_reproducible_and_varies_by_index_and_epoch(tmp
     assert not all(torch.equal(first[0], x) for x in first[1:])
     ds.set_epoch(1)
     assert not all(torch.equal(x, ds[i]["images"][0]) for i, x in enumerate(first))
+    # An (epoch, index) key, as the trainer's sampler gives, is the index in that epoch whatever set_epoch says.
+    assert all(torch.equal(x, ds[(0, i)]["images"][0]) for i, x in enumerate(first))
+    assert all(torch.equal(ds[i]["images"][0], ds[(1, i)]["images"][0]) for i in range(4))
 
 
 def test_build_from_split_folder_repeats_labeled_to_unlabeled_length(tmp_path):

@@ -276,6 +276,68 @@ def test_the_trainer_is_its_training_step_driven_over_its_loaders(tmp_path):
             torch.testing.assert_close(v, trained[part][k], rtol=0, atol=0, msg=f"{part}.{k}")
 
 
+def test_persistent_workers_draw_each_epochs_crops_as_the_dataset_keyed_on_epoch_and_index(tmp_path):
+    """The loaders live for the whole run and their workers across epochs (which never see `set_epoch`): every
+    batch of epochs 0 and 1 is still exactly the sampler's samples, cropped as `dataset[(epoch, index)]`."""
+    from torch.utils.data import default_collate
+
+    from semiseg.data.build import build
+    from semiseg.train.distributed import DistInfo
+    from semiseg.train.loop import TrainLoaders
+
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    cfg = _seg_config(split, "folder", "unimatch_v2", "data.workers=2")
+    loaders = TrainLoaders(build(cfg, "fit"), cfg, DistInfo(), torch.device("cpu"))
+    assert all(loader.persistent_workers for loader in loaders.loaders)
+    drawn = {epoch: list(loaders.epoch(epoch, 0)) for epoch in (0, 1)}
+    epoch_changes_a_crop = False
+    for epoch, batches in drawn.items():
+        assert len(batches) == loaders.batches_per_epoch == 4
+        for stream, (sampler, ds, b) in enumerate(loaders.streams):
+            sampler.set_epoch(epoch)
+            keys = list(sampler)
+            assert {e for e, _ in keys} == {epoch}
+            for i, pair in enumerate(batches):
+                expected = default_collate([ds[k] for k in keys[i * b : (i + 1) * b]])
+                got = pair[stream]
+                for x, y in zip(got.images, expected["images"], strict=True):
+                    assert torch.equal(x, y), (epoch, stream, i)
+                assert torch.equal(got.label, expected["label"]), (epoch, stream, i)
+                assert torch.equal(got.ignore, expected["ignore"]), (epoch, stream, i)
+                # The same indices cropped as in epoch 0: what a worker stuck in epoch 0 would hand out.
+                if epoch == 1:
+                    stale = default_collate([ds[(0, index)] for _, index in keys[i * b : (i + 1) * b]])
+                    epoch_changes_a_crop |= not torch.equal(got.images[0], stale["images"][0])
+    assert epoch_changes_a_crop
+
+
+def test_a_stopped_epoch_loads_at_most_one_batch_ahead(tmp_path):
+    """The next batch is fetched before the current one is handed out, and never more than that one."""
+    from semiseg.data.build import build
+    from semiseg.train.distributed import DistInfo
+    from semiseg.train.loop import TrainLoaders
+
+    split = make_segmentation_benchmark(tmp_path, "folder")
+    cfg = _seg_config(split, "folder", "unimatch_v2")  # workers 0: the loader reads only when asked
+    data = build(cfg, "fit")
+    read = {"n": 0}
+    original = type(data.unlabeled).read
+
+    def counting(self, index):
+        read["n"] += 1
+        return original(self, index)
+
+    data.unlabeled.read = counting.__get__(data.unlabeled)
+    loaders = TrainLoaders(data, cfg, DistInfo(), torch.device("cpu"))
+    steps = loaders.steps(0, 0)
+    next(steps)
+    assert read["n"] == 2 * loaders.batch_u  # the step's batch and the one ahead
+    next(steps)
+    assert read["n"] == 3 * loaders.batch_u
+    assert sum(1 for _ in steps) == loaders.iters_per_epoch - 2
+    assert read["n"] == loaders.iters_per_epoch * loaders.batch_u  # nothing past the epoch's last batch
+
+
 def test_the_step_refuses_a_non_finite_loss_before_updating_anything():
     from semiseg.methods.base import Batch
     from semiseg.train.step import NonFiniteLossError, TrainStep

@@ -72,6 +72,23 @@ def test_bench_train_step_times_our_step_and_the_loader():
     assert loader["batches_timed"] == 2 and loader["seconds_per_batch"] > 0
 
 
+def test_bench_train_step_loop_times_the_trainers_iteration_beside_the_bare_step():
+    proc = run_tool(
+        "bench_train_step.py", "--no-step", "--loop", "--method", "unimatch_v2", "--extras", "--encoder", "tiny",
+        "--crop", "28", "--batch", "2", "--device", "cpu", "--warmup", "1", "--iters", "2", "--threads", "1",
+        "--workers", "1", "--loop-iters", "3",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (loop,) = json_lines(proc.stdout)
+    assert loop["bench"] == "train_loop" and loop["workers"] == 1 and loop["loop_iters"] == 3
+    assert loop["loop_warmup"] == 1 + 2 * 1  # the warm-up, then the batches a worker loads ahead at start
+    keys = ("loop_iter_s", "bare_step_s", "loader_wait_s", "sample_read_s", "sample_geometry_s", "sample_s")
+    assert all(loop[k] > 0 for k in keys), {k: loop[k] for k in keys}
+    assert loop["loop_iter_s"] >= loop["loader_wait_s"]  # every timed iteration includes its own wait
+    assert loop["loop_over_step"] == pytest.approx(loop["loop_iter_s"] / loop["bare_step_s"], rel=0.05)
+    assert loop["loader_wait_share"] == pytest.approx(loop["loader_wait_s"] / loop["loop_iter_s"], abs=0.01)
+
+
 def test_bench_train_step_supervised_skips_the_ema():
     proc = run_tool(
         "bench_train_step.py", "--method", "supervised", "--task", "segmentation", "--encoder", "tiny",

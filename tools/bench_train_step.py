@@ -6,7 +6,10 @@ labeled + strong batches, losses) under autocast, the non-finite check, zero_gra
 optimiser step, EMA update, and reading the loss back as a log line does. The timed iterations are taken from the
 middle of a 1000-iteration schedule (PrevMatch's λ is at its peak there). Batches are synthetic uint8 tensors
 already on the device, so data loading is excluded; `--loader` measures it separately on a
-synthetic 256 px A/B/label tile tree read by `ChangeTileDataset`.
+synthetic 256 px A/B/label tile tree read by `ChangeTileDataset`, and `--loop` times the whole training
+iteration as the trainer drives it (`TrainLoaders.steps` feeding `TrainStep.accumulated`) on such a tree, beside
+the bare step on one pre-loaded batch, the time spent waiting for the loader, and what one sample costs to read
+and to crop.
 
 `--official-repo PATH` times the official UniMatch V2 step on the same machine and sizes, importing the
 official `model.semseg.dpt.DPT` from a local checkout (never copied here) and running the official sequence:
@@ -28,9 +31,11 @@ import argparse
 import contextlib
 import copy
 import json
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +50,7 @@ from bench_model import (  # noqa: E402  (tools/ is not a package: import the si
     median_seconds,
     resolve_device,
     run_workers,
+    sync,
 )
 
 from semiseg.models.specs import ENCODER_SPECS, encoder_spec  # noqa: E402
@@ -90,14 +96,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-step", action="store_true", help="skip our training-step measurement")
     p.add_argument("--loader", action="store_true", help="also time the change-detection tile loader")
-    p.add_argument("--workers", type=int, default=4, help="DataLoader workers for --loader")
+    p.add_argument("--workers", type=int, default=4, help="DataLoader workers for --loader and --loop")
     p.add_argument("--loader-batches", type=int, default=8, help="batches timed after the warm-up ones")
+    p.add_argument(
+        "--loop", action="store_true",
+        help="also time the training iteration end to end, from the trainer's loaders, against the bare step",
+    )  # fmt: skip
+    p.add_argument("--loop-iters", type=int, default=10, help="optimiser steps timed by --loop after warm-up")
     p.add_argument("--official-repo", default=None, help="local checkout of LiheYoung/UniMatch-V2")
     p.add_argument(
         "--peak-tflops", type=float, default=None,
         help="the device's peak TFLOP/s at --amp, for the MFU (default: looked up for known GPUs, else no MFU)",
     )  # fmt: skip
-    p.add_argument("--worker", choices=["ours", "official", "loader"], default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--worker", choices=["ours", "official", "loader", "loop"], default=None, help=argparse.SUPPRESS
+    )
     args = p.parse_args(argv)
     patch = encoder_spec(args.encoder).patch_size
     if args.crop % patch:
@@ -455,19 +468,146 @@ def bench_loader(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The training loop: loaders and step together
+
+
+def write_change_split(root: Path, n_labeled: int, n_unlabeled: int, n_eval: int = 2) -> Path:
+    """A LEVIR-style tree under `root` (`write_tile_tree`) with its split lists; returns the split folder."""
+    names = write_tile_tree(root, n_labeled + n_unlabeled + n_eval)
+    split = root / "split"
+    split.mkdir()
+    parts = {"labeled": names[:n_labeled], "unlabeled": names[n_labeled : n_labeled + n_unlabeled]}
+    for part, listed in parts.items():
+        (split / f"{part}.txt").write_text("\n".join(listed) + "\n")
+    (root / "test.txt").write_text("\n".join(names[-n_eval:]) + "\n")
+    return split
+
+
+def sample_costs(ds: Any, n: int) -> dict[str, float]:
+    """Median seconds per training sample in this process: reading and decoding (`read`), the random geometry
+    (rescale, pad, crop, flips), and the whole `__getitem__` (the rest is the copy into tensors). What a worker
+    spends, so `sample_s x batch / workers` is roughly the loader's time per batch."""
+    from semiseg.data.geometry import random_geometry
+
+    read, geometry, total = [], [], []
+    for i in range(min(n, len(ds))):
+        t0 = time.perf_counter()
+        images, label, valid = ds.read(i)
+        t1 = time.perf_counter()
+        extra = [] if valid is None else [valid.astype(np.uint8) * 255]  # as CropDataset does
+        random_geometry(images + extra, label, ds.geometry, ds.rng(i, 0))
+        t2 = time.perf_counter()
+        ds[(0, i)]
+        t3 = time.perf_counter()
+        read.append(t1 - t0)
+        geometry.append(t2 - t1)
+        total.append(t3 - t2)
+    return {
+        "sample_read_s": round(statistics.median(read), 5),
+        "sample_geometry_s": round(statistics.median(geometry), 5),
+        "sample_s": round(statistics.median(total), 5),
+    }
+
+
+def bench_loop(args: argparse.Namespace) -> dict[str, Any]:
+    """The training iteration end to end: `TrainLoaders.steps` (persistent workers, pinned memory, one batch ahead
+    on the device) feeding `TrainStep.accumulated`, as `semiseg.train.loop` drives them, on synthetic 256 px change
+    tiles; beside it the same step on one pre-loaded batch, and the time blocked waiting for the next batch.
+
+    The first `warmup + 2 x workers` iterations are not timed: the workers start then, and the batches they load
+    ahead while the first steps run would make the loader look faster than its steady state.
+    """
+    from torch.utils.data import default_collate
+
+    from semiseg.config import load_config
+    from semiseg.data.build import build
+    from semiseg.methods.base import Batch
+    from semiseg.train.distributed import DistInfo
+    from semiseg.train.loop import TrainLoaders
+    from semiseg.train.state import seed_all
+    from semiseg.train.step import TrainStep
+
+    device = resolve_device(args.device)
+    warmup = args.warmup + 2 * args.workers
+    n_steps = warmup + args.loop_iters
+    needs_unlabeled = METHODS[args.method].needs_unlabeled
+    with tempfile.TemporaryDirectory(prefix="semicd-loop-bench-") as tmp:
+        n_tiles = max(args.batch * 8, 4)  # epochs of 8 steps: the timed steps cross epoch boundaries
+        split = write_change_split(Path(tmp), n_labeled=max(args.batch, 2), n_unlabeled=n_tiles)
+        cfg = load_config(
+            None,
+            [
+                "task=change_detection", "data.dataset=levir_cd", f"data.root={tmp}", f"data.split={split}",
+                f"data.crop_size={args.crop}", f"data.batch_size={args.batch}", f"data.workers={args.workers}",
+                f"data.nsample={n_tiles * 2}", f"model.encoder={args.encoder}", "model.weights=null",
+                f"method.name={args.method}", f"method.extras=[{','.join(args.extras)}]",
+                f"method.teacher={args.teacher}", f"train.amp={args.amp}",
+            ],
+        )  # fmt: skip
+        seed_all(cfg.train.seed * 1000)  # the trainer's order: seed, data, loaders, step
+        data = build(cfg, "fit")
+        loaders = TrainLoaders(data, cfg, DistInfo(), device)
+        total_iters = 1000
+        step = TrainStep.from_config(cfg, device, total_iters)
+        step.model.train()
+        iteration = iter(range(total_iters // 2, total_iters))  # mid-run, as the bare step benchmark
+
+        def one_batch(ds: Any, b: int) -> Batch:
+            return Batch.from_loader(default_collate([ds[(0, i)] for i in range(b)]), device)
+
+        labeled = one_batch(data.labeled, loaders.batch_l)
+        unlabeled = one_batch(data.unlabeled, loaders.batch_u) if needs_unlabeled else None
+        pre_loaded = [(labeled, unlabeled)] * loaders.accumulate
+
+        def bare() -> None:
+            float(step.accumulated(pre_loaded, next(iteration))["loss"])  # read back, as a log point does
+
+        bare_s = median_seconds(bare, device, args.warmup, args.iters)
+
+        def steps(loaders: TrainLoaders) -> Iterator[list]:  # epoch after epoch, as the trainer's loop
+            for epoch in range(n_steps):
+                yield from loaders.steps(epoch, 0)
+
+        waits, iters = [], []
+        stream = steps(loaders)
+        for _ in range(n_steps):
+            t0 = time.perf_counter()
+            micro_batches = next(stream)
+            t1 = time.perf_counter()
+            float(step.accumulated(micro_batches, next(iteration))["loss"])
+            sync(device)
+            waits.append(t1 - t0)
+            iters.append(time.perf_counter() - t0)
+        stream.close()
+        costs = sample_costs(data.labeled, 16)
+        accumulate = loaders.accumulate
+        del loaders, stream  # the persistent workers end here, before the folder they read goes
+    loop_s, wait_s = statistics.median(iters[warmup:]), statistics.median(waits[warmup:])
+    out = _header(args, "train_loop", device)
+    out.update(
+        dataset="ChangeTileDataset", tile=256, workers=args.workers, accumulate=accumulate,
+        loop_iters=args.loop_iters, loop_warmup=warmup, loop_iter_s=round(loop_s, 4), bare_step_s=round(bare_s, 4),
+        loop_over_step=round(loop_s / bare_s, 3), loader_wait_s=round(wait_s, 6),
+        loader_wait_share=round(wait_s / loop_s, 3), **costs,
+    )  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker is not None:
-        run = {"ours": bench_ours, "official": bench_official, "loader": bench_loader}[args.worker]
+        run = {"ours": bench_ours, "official": bench_official, "loader": bench_loader, "loop": bench_loop}
+        run = run[args.worker]
         print(json.dumps(run(args)), flush=True)
         return
     passthrough = list(argv if argv is not None else sys.argv[1:])
     wanted = ([] if args.no_step else ["ours"]) + (["official"] if args.official_repo else [])
-    wanted += ["loader"] if args.loader else []
+    wanted += (["loader"] if args.loader else []) + (["loop"] if args.loop else [])
     if not wanted:
-        raise SystemExit("nothing to measure: drop --no-step, or add --loader / --official-repo")
+        raise SystemExit("nothing to measure: drop --no-step, or add --loader / --loop / --official-repo")
     for result in run_workers(Path(__file__).resolve(), [[w] for w in wanted], passthrough):
         print(json.dumps(result), flush=True)
 

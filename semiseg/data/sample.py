@@ -13,8 +13,9 @@ A dataset implements only `read(index)` (the raw images, the label, and where th
 `name(index)`. Modes, repeating the labeled list, random geometry shared by every image and the label, and the
 randomness are handled here once. Randomness: sample `i` of epoch `e` draws from a numpy Generator keyed on
 (seed, mode, i, e): the same whichever DataLoader worker loads it (so a resumed run draws exactly the crops of
-an uninterrupted one), different every epoch (the trainer calls `set_epoch`), and different between the labeled
-and the unlabeled stream (sample i of each must not share its crop).
+an uninterrupted one), different every epoch, and different between the labeled and the unlabeled stream (sample
+i of each must not share its crop). The trainer asks for `dataset[(e, i)]` (its sampler yields such keys), so
+the epoch reaches DataLoader workers that persist across epochs; `dataset[i]` uses the epoch of `set_epoch`.
 """
 
 from __future__ import annotations
@@ -73,11 +74,13 @@ class CropDataset(Dataset):
         return len(self.items)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select epoch `epoch`'s random geometry (see the module docstring)."""
+        """Select the epoch of plain `dataset[i]` (keys `(epoch, i)` carry their own; see the module docstring)."""
         self.epoch = epoch
 
-    def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, MODES.index(self.mode), index, self.epoch])
+    def rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
+        """Sample `index`'s random geometry in `epoch` (default: the one of `set_epoch`)."""
+        epoch = self.epoch if epoch is None else epoch
+        return np.random.default_rng([self.seed, MODES.index(self.mode), index, epoch])
 
     def read(self, index: int) -> Raw:
         raise NotImplementedError
@@ -85,7 +88,9 @@ class CropDataset(Dataset):
     def name(self, index: int) -> str:
         raise NotImplementedError
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Sample `key`: an index (in the epoch of `set_epoch`) or an `(epoch, index)` key, as the trainer asks."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         images, label, valid = self.read(index)
         if self.mode == "val":
             if label is None:
@@ -94,7 +99,9 @@ class CropDataset(Dataset):
         else:
             # The validity mask rides along as one more "image", so it gets exactly the images' geometry.
             extra = [] if valid is None else [valid.astype(np.uint8) * 255]
-            crops, label, ignore = random_geometry(images + extra, label, self.geometry, self.rng(index))
+            crops, label, ignore = random_geometry(
+                images + extra, label, self.geometry, self.rng(index, epoch)
+            )
             images = crops[: len(images)]
             valid = None if valid is None else crops[-1] >= 128
         if valid is not None:

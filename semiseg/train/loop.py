@@ -77,10 +77,15 @@ def micro_batches_per_step(cfg: Config, world_size: int) -> int:
 
 
 class TrainLoaders:
-    """The labeled and unlabeled streams: one deterministic, resumable sampler each, loaders made per epoch.
+    """The labeled and unlabeled streams: one deterministic, resumable sampler and one DataLoader each, per run.
 
     The labeled list is repeated to the unlabeled length by the dataset (official rule), so one epoch is one
     pass over the unlabeled set; supervised runs take twice the batch from the labeled set alone.
+
+    Each stream's DataLoader is built once and its workers persist across epochs: the epoch reaches them inside
+    every sampler key `(epoch, index)`, not through `set_epoch` on a dataset copy they would never see. A
+    worker's crops come from the per-sample numpy Generators of `semiseg.data.sample`, so which worker (and
+    which worker seed) loads a sample never changes what it is.
     """
 
     def __init__(self, data: DataBundle, cfg: Config, info: DistInfo, device: torch.device) -> None:
@@ -102,40 +107,84 @@ class TrainLoaders:
                 f"fewer training samples per process than one optimiser step ({self.accumulate} x "
                 f"{self.batch_l}): lower data.batch_size or train.accumulate/global_batch, or add data"
             )
+        self.streams = [(self.sampler_l, self.data.labeled, self.batch_l)]
+        if self.sampler_u is not None:
+            self.streams.append((self.sampler_u, self.data.unlabeled, self.batch_u))
+        workers = cfg.data.workers
+        self.loaders = [
+            self._loader(ds, b, sampler, workers, True, stream, persistent=workers > 0)
+            for stream, (sampler, ds, b) in enumerate(self.streams)
+        ]
+        # Host-to-device copies of the next batch run on their own CUDA stream, beside the current step.
+        self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def _loader(
-        self, ds: Any, batch_size: int, sampler: Any, workers: int, drop_last: bool, key: int
-    ) -> DataLoader:
-        # A loader draws a seed for its workers when it is iterated. From its own generator, keyed on the run's seed,
-        # the epoch and the stream, that draw leaves the global generator the training step draws from alone, so a
-        # run resumed mid-epoch (whose loaders start at another moment) draws what the uninterrupted run drew.
+        self, ds: Any, batch_size: int, sampler: Any, workers: int, drop_last: bool, key: int,
+        persistent: bool = False,
+    ) -> DataLoader:  # fmt: skip
+        # A loader draws a seed for its workers when it is iterated (a persistent one: once, when its workers
+        # start). From its own generator, keyed on the run's seed and the stream, that draw leaves the global
+        # generator the training step draws from alone, so a run resumed mid-epoch (whose loaders start at another
+        # moment) draws what the uninterrupted run drew. The worker seed itself decides no sample: it seeds only
+        # torch, numpy's and Python's global generators inside the workers, which the datasets never draw from (a
+        # sample's geometry comes from a numpy Generator keyed on (seed, stream, index, epoch)). That is why one
+        # loader per run, whose worker seed no longer follows the epoch as the per-epoch loaders' did (keyed on
+        # 2 x epoch + stream), draws exactly the same batches.
         return DataLoader(
             ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=self.device.type == "cuda",
             drop_last=drop_last,
-            persistent_workers=False,  # workers must pick up the dataset's per-epoch seed
+            persistent_workers=persistent,
+            # Each worker keeps two batches ready (torch's default, said here on purpose): enough to hide one slow
+            # read behind the others without holding many batches of shared memory per worker.
+            prefetch_factor=2 if workers > 0 else None,
             generator=torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + key),
         )  # fmt: skip
 
-    def epoch(self, epoch: int, start: int) -> Iterator[tuple[Batch, Batch | None]]:
-        """Batches `start`, `start + 1`, ... of epoch `epoch` (earlier ones are skipped without being loaded)."""
-        streams = [(self.sampler_l, self.data.labeled, self.batch_l)]
-        if self.sampler_u is not None:
-            streams.append((self.sampler_u, self.data.unlabeled, self.batch_u))
-        loaders = []
-        for stream, (sampler, ds, b) in enumerate(streams):
+    def _fetch(self, iterators: list[Iterator[dict]]) -> list[Batch]:
+        """The next batch of every stream, its copy to the device started (on the copy stream on CUDA)."""
+        samples = [next(it) for it in iterators]
+        if self.copy_stream is None:
+            return [Batch.from_loader(s, self.device) for s in samples]
+        with torch.cuda.stream(self.copy_stream):
+            return [Batch.from_loader(s, self.device) for s in samples]
+
+    def _ready(self, batches: list[Batch]) -> list[Batch]:
+        """Make the step's stream wait for the copies of `batches`, and tell the allocator it uses their memory."""
+        if self.copy_stream is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self.copy_stream)
+            for batch in batches:
+                for t in (*batch.images, batch.label, batch.ignore):
+                    t.record_stream(current)
+        return batches
+
+    def epoch(self, epoch: int, start: int, end: int | None = None) -> Iterator[tuple[Batch, Batch | None]]:
+        """Batches `start`, `start + 1`, ..., `end - 1` (default: to the epoch's last) of epoch `epoch`; earlier
+        ones are skipped without being loaded, later ones are not loaded.
+
+        The next batch is fetched and sent to the device before the current one is handed out: with pinned memory
+        and non-blocking copies on their own CUDA stream, its copy runs while the current step computes, and the
+        step then finds it on the device instead of waiting for it. On CPU the same code only reorders the work.
+        It changes no draw: which samples come is decided by the samplers, what they are by their keys, and
+        neither fetching nor copying draws from any generator. A consumer that stops early (train.max_iters, a
+        signal) leaves at most this one batch loaded in vain.
+        """
+        end = self.batches_per_epoch if end is None else end
+        iterators = []
+        for (sampler, _, b), loader in zip(self.streams, self.loaders, strict=True):
+            # Before iter(): that is when a loader, persistent or not, takes the sampler's order.
             sampler.set_epoch(epoch, start * b)
-            ds.set_epoch(epoch)
-            loaders.append(
-                iter(self._loader(ds, b, sampler, self.cfg.data.workers, True, 2 * epoch + stream))
-            )
-        for _ in range(start, self.batches_per_epoch):
-            batches = [Batch.from_loader(next(it), self.device) for it in loaders]
+            iterators.append(iter(loader))
+        upcoming = self._fetch(iterators) if start < end else []
+        for i in range(start, end):
+            batches = self._ready(upcoming)
+            upcoming = self._fetch(iterators) if i + 1 < end else []
             yield batches[0], (batches[1] if len(batches) > 1 else None)
 
     def steps(self, epoch: int, start: int) -> Iterator[list[tuple[Batch, Batch | None]]]:
         """The micro-batches of optimiser steps `start`, `start + 1`, ... of epoch `epoch`, `accumulate` per step
         (a last incomplete group is dropped, as a last incomplete batch is)."""
-        batches = self.epoch(epoch, start * self.accumulate)
+        batches = self.epoch(epoch, start * self.accumulate, self.iters_per_epoch * self.accumulate)
         for _ in range(start, self.iters_per_epoch):
             yield [next(batches) for _ in range(self.accumulate)]
 

@@ -3,6 +3,10 @@
 The order of epoch e depends only on (seed, e); each rank takes every world_size-th index; `start` skips batches
 already done, so a run resumed mid-epoch sees exactly the samples the uninterrupted run would have — without
 loading the skipped ones.
+
+`EpochSampler` yields `(epoch, index)` keys, not bare indices: the epoch travels with every index to the
+dataset (`semiseg.data.sample.CropDataset.__getitem__`), so DataLoader workers that live across epochs
+(`persistent_workers`) draw each epoch's crops without anyone reaching into their copy of the dataset.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import torch
 from torch.utils.data import Sampler
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(Sampler[tuple[int, int]]):
+    """The shuffled, rank-sharded order of one epoch at a time, as `(epoch, index)` keys (see the module doc)."""
+
     def __init__(
         self,
         length: int,
@@ -40,6 +46,7 @@ class EpochSampler(Sampler[int]):
         self.start = start
 
     def indices(self) -> list[int]:
+        """This rank's indices of the current epoch, in order, the first `start` (skipped by `__iter__`) included."""
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.length, generator=g).tolist()
@@ -50,8 +57,8 @@ class EpochSampler(Sampler[int]):
             order += order[: total - len(order)]
         return order[self.rank : total : self.world_size]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices()[self.start :])
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(self.epoch, i) for i in self.indices()[self.start :]])
 
     def __len__(self) -> int:
         return self.per_rank - self.start
