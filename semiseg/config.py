@@ -237,8 +237,9 @@ class OptimConfig:
     fused: bool | None = _opt(
         None,
         "AdamW as one fused kernel per step, which also skips a step with a non-finite loss on the device, so the "
-        "check needs no wait for the accelerator; null: fused on CUDA, PyTorch's default (the official code's) "
-        "elsewhere",
+        "check needs no wait for the accelerator (the run stops at the next log point; with train.amp=fp16 the "
+        "check stays synchronous); null: fused on CUDA, PyTorch's default (the official code's) elsewhere; false "
+        "keeps the official arithmetic bit for bit",
     )
 
 
@@ -257,13 +258,13 @@ class TrainConfig:
     log_every: int = _opt(
         20,
         "iterations between logged training losses; values (and, with a fused optimiser, the non-finite check) are "
-        "read back from the accelerator only then",
+        "read back from the accelerator only then, and under DDP the processes agree on a stop signal then",
     )
     compile: Literal["off", "default", "max-autotune"] = _opt(
         "off",
-        "torch.compile each encoder block and the head (`max-autotune`: longer compile, tuned kernels); the first "
-        "steps take longer while it compiles; evaluation runs uncompiled; falls back to uncompiled with one "
-        "warning where compiling cannot work",
+        "torch.compile each encoder block and the head (`max-autotune`: longer compile, tuned kernels, no CUDA "
+        "graphs); the first steps take longer while it compiles; evaluation runs uncompiled; where no compiler "
+        "backend works (checked on a small model first) it trains uncompiled after one warning",
     )
     save_every: int = _opt(1, "epochs between `latest.pt` saves")
     grad_clip: float | None = _opt(None, "clip the gradient norm to this (null: no clipping)")

@@ -30,12 +30,16 @@ class EMA:
         ema_params = [p for p in self.model.parameters()]
         params = [p.detach() for p in model.parameters()]
         if skip is not None:
+            # α and 1 − α are the official update's values (rounded once from Python floats); the product and the
+            # sum are two roundings where the official `add_(alpha=)` may fuse them, so this path can differ from
+            # it in the last bit (`optim.fused: false` keeps the official arithmetic exactly).
             keep = torch.where(skip > 0, 1.0, alpha).to(torch.float32)
+            take = torch.where(skip > 0, 0.0, 1.0 - alpha).to(torch.float32)
             torch._foreach_mul_(ema_params, keep)
-            torch._foreach_add_(ema_params, torch._foreach_mul(params, 1.0 - keep))
+            torch._foreach_addcmul_(ema_params, params, [take] * len(params))
             for b_ema, b in zip(self.model.buffers(), model.buffers()):
                 if b_ema.dtype.is_floating_point:
-                    b_ema.mul_(keep).add_(b.detach() * (1.0 - keep))
+                    b_ema.mul_(keep).addcmul_(b.detach(), take)
                 else:
                     b_ema.copy_(torch.where(skip > 0, b_ema, b.detach()))
             return

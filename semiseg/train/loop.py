@@ -50,6 +50,7 @@ def train(cfg: Config, out: str | Path, progress: bool | None = None, force: boo
 
     `force`: resume even when the method or the schedule's length changed (`semiseg.train.state.check_resume`).
     SIGTERM or Ctrl-C stop after the current step with the state saved (`RunInterrupted`); run again to resume.
+    Under DDP the processes agree on a stop at log points (`train.log_every`) and at the end of each epoch.
     """
     info, device = init_distributed(cfg.train.device)
     folder = RunFolder(Path(out), info.is_main)
@@ -298,6 +299,8 @@ def _fit(
             # Under DDP asking every process is a collective and a host sync: done at log points only.
             if (log_point or not info.enabled) and stop.requested(info, device):
                 break
+        if info.enabled:  # every process agrees on a signal seen since the last log point before acting on it
+            stop.requested(info, device)
         try:
             step.check_finite()  # before anything is evaluated, logged or saved
         except NonFiniteLossError as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from semiseg.config import OptimConfig
+from semiseg.errors import SemisegError
 from semiseg.models.segmentor import Segmentor
 
 
@@ -21,6 +22,15 @@ def build_optimizer(
     still exists, so the schedule sets both groups the same way and the logged learning rate is the encoder's."""
     encoder_params, other_params = model.param_groups()
     fused = cfg.fused if cfg.fused is not None else device is not None and device.type == "cuda"
+    try:
+        return _adamw(encoder_params, other_params, cfg, fused)
+    except RuntimeError as err:  # e.g. fused on a device or dtype PyTorch has no fused kernel for
+        raise SemisegError(
+            f"optim.fused={cfg.fused}: {str(err).splitlines()[0]}; set optim.fused: null"
+        ) from None
+
+
+def _adamw(encoder_params: list, other_params: list, cfg: OptimConfig, fused: bool) -> torch.optim.AdamW:
     return torch.optim.AdamW(
         [
             {"params": encoder_params, "lr": cfg.lr},

@@ -108,6 +108,9 @@ def check_resume(ckpt: dict[str, Any], cfg: Config, path: Path, total_iters: int
     changed = {key: (before, now) for key, before, now in changes}
     if changed.get("model.freeze_encoder") == (None, False):
         del changed["model.freeze_encoder"]  # written before the key existed: the encoder was trained
+    for key, default in (("train.compile", "off"), ("optim.fused", None)):
+        if key in changed and changed[key] == (None, default):
+            del changed[key]  # written before the key existed, and left at its default
     for key in FIXED_ON_RESUME:
         if key in changed:
             raise SemisegError(
@@ -126,7 +129,7 @@ def check_resume(ckpt: dict[str, Any], cfg: Config, path: Path, total_iters: int
             f"resuming {path} would change {'; '.join(needs)}: resume with the same settings, use a new --out, or "
             "pass --force to resume anyway (each segment's config is kept)"
         )
-    return changes
+    return [change for change in changes if change[0] in changed]
 
 
 def rng_state() -> dict[str, Any]:

@@ -241,7 +241,7 @@ def compile_step_models(step: TrainStep, mode: str) -> str:
         warnings.warn(message, stacklevel=2)
         return "warning: " + message
     count = compile_regions(step.model, mode)
-    if step.ema is not None:
+    if step.ema is not None:  # the teacher: its passes are a good share of a semi-supervised step
         compile_regions(step.ema.model, mode)
     return (
         f"train.compile={mode}: {count} regions compiled (encoder blocks and head); the first steps compile them, "
