@@ -23,6 +23,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -286,19 +287,25 @@ def predict_raster(
             names = class_names_for(k, class_names or run_tags.get("classes"))
             colours = class_colormap(k)
             what = "change class" if len(scene.sources) == 2 and k == 2 else "class"
-            class_file = class_out.finish(
-                colours, {"classes": ",".join(names)}, description=what,
-                band_tags={str(c): name for c, name in enumerate(names)},
-                sidecars={".qml": class_raster_qml(colours, names),
-                          ".aux.xml": attribute_table_xml(names, colours, what)},
-            )  # fmt: skip
-            probs_file = None
-            if probs_out is not None:
-                kind = "change probability" if k <= 2 else "winning-class probability"
-                probs_file = probs_out.finish(
-                    None, {"values": f"{kind} x 254 (band scale 1/254 gives 0-1), 255 = nodata"},
-                    description=kind, scale=1.0 / PROB_SCALE,
+            # The probabilities are finished (overviews, COG copy) in a second thread while this one finishes the
+            # class map: GDAL releases the GIL there, each raster has its own handle used by one thread, and leaving
+            # the pool waits for that thread, so no handle is in use when an error closes and deletes the files.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="semiseg-finish") as pool:
+                probs_job = None
+                if probs_out is not None:
+                    kind = "change probability" if k <= 2 else "winning-class probability"
+                    probs_job = pool.submit(
+                        probs_out.finish, None,
+                        {"values": f"{kind} x 254 (band scale 1/254 gives 0-1), 255 = nodata"},
+                        description=kind, scale=1.0 / PROB_SCALE,
+                    )  # fmt: skip
+                class_file = class_out.finish(
+                    colours, {"classes": ",".join(names)}, description=what,
+                    band_tags={str(c): name for c, name in enumerate(names)},
+                    sidecars={".qml": class_raster_qml(colours, names),
+                              ".aux.xml": attribute_table_xml(names, colours, what)},
                 )  # fmt: skip
+                probs_file = None if probs_job is None else probs_job.result()
             n_polygons = None
             if polygons_path is not None:
                 n_polygons = _write_polygons(
