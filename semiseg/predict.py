@@ -235,7 +235,8 @@ def predict_scene(
         check_trained_bands_exist(rasters, bands)
     scene = open_scene(list(rasters), align=align, bands=bands, nodata=nodata, stretch=stretch)
     check_band_count(scene.num_bands, model.spec.bands, rasters[0], bands)
-    predictor = make_predictor(model, device, pick_precision(precision, amp))
+    precision = pick_precision(precision, amp)
+    predictor = make_predictor(model, device, precision)
     if not yes:
         window = options.get("window", default_window(model))
         check_scene_size(scene, predictor, window, options.get("overlap", 0.25), options.get("batch_size", 4))
@@ -249,5 +250,5 @@ def predict_scene(
         class_names=model.meta.get("classes"),
         **options,
     )
-    summary["precision"] = predictor.precision
+    summary["precision"] = precision
     return summary

@@ -3,14 +3,17 @@
 The caller supplies `predictor(images) -> probabilities`: `images` is a tuple (one per date) of uint8 tensors
 B x C x h x w with values 0..255, and the result is B x K x h x w class probabilities. Normalisation, the
 device and the model are the caller's business (`semiseg.predict.make_predictor`), so this module works the same
-for change detection (two dates) and segmentation (one image), and tests can pass a toy function. Windows must
-be a multiple of the model's patch size: the predictor's `patch_size` attribute, or the `patch_size` argument.
+for change detection (two dates) and segmentation (one image), and tests can pass a toy function. The result
+must be a new tensor on every call (not a buffer the predictor reuses): the writer thread reads it while the
+next batch runs. Windows must be a multiple of the model's patch size: the predictor's `patch_size` attribute,
+or the `patch_size` argument.
 
 Flow: `open_scene` checks the inputs; a `TileGrid` of overlapping windows is read by a DataLoader whose
 workers open their own rasterio handles; windows without any valid pixel are not predicted; probabilities are
 blended by `StripBlender`, and each strip of rows is decided (argmax or threshold), written, and forgotten as
-soon as no later window touches it. Blending and writing run in one background thread (`StripPipeline`) while
-the main thread runs the model on the next batch. Outputs are published only when everything succeeded (see `writer.py`).
+soon as no later window touches it. Blending and writing run in one background thread (`StripPipeline`)
+while the main thread runs the model on the next batch. Outputs are published only when everything succeeded
+(see `writer.py`).
 """
 
 from __future__ import annotations
@@ -515,9 +518,9 @@ def to_host(probs: torch.Tensor) -> HostProbs:
     if probs.device.type != "cuda":
         return probs, None
     host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
-    host.copy_(probs, non_blocking=True)
+    host.copy_(probs, non_blocking=True)  # queued on the current stream of the tensor's device
     event = torch.cuda.Event()
-    event.record()
+    event.record(torch.cuda.current_stream(probs.device))  # that device's stream, whichever GPU is current
     return host, event
 
 
