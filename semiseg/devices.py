@@ -16,9 +16,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 def pick_precision(precision: str | None = None, amp: str | None = None) -> str:
     """The prediction precision (fp32, bf16 or fp16) from `precision` or its older alias `amp` (none = fp32).
 
-    Why one function: the commands, the Python API and the batch records all name it the same way, so a record
-    written with `amp: none` and a run asked for `precision: fp32` are the same run. Both given and different:
-    refused, rather than one silently winning."""
+    Why one function: `predict_scene`, `predict_folder` and the Python API all take both names and must agree on
+    what they mean (`semiseg.batch.recorded_options` reads old batch records by the same rule). Both given and
+    different: refused, rather than one silently winning."""
     names = [_precision_name(v) for v in (precision, amp) if v is not None]
     if len(set(names)) > 1:
         raise SemisegError(f"precision {precision!r} and amp {amp!r} disagree: give only precision")
