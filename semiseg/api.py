@@ -52,7 +52,8 @@ def predict(
     tta: bool = False,
     threshold: float | None = None,
     device: str | torch.device = "auto",
-    amp: str = "none",
+    precision: str | None = None,
+    amp: str | None = None,
     valid: np.ndarray | None = None,
     progress: bool | None = None,
     probs: bool = True,
@@ -75,20 +76,22 @@ def predict(
 
     `window` defaults to the crop the model was trained on (`semiseg.predict.default_window`); `threshold` (2-class
     models) picks class 1 where its probability reaches it, otherwise argmax. `progress`: a progress bar on a
-    terminal (default), or never (False).
+    terminal (default), or never (False). `precision`: fp32 (default), bf16 or fp16 (CUDA only), the arithmetic
+    the model runs in; `amp` is its older name (none = fp32).
     """
-    from semiseg.devices import pick_device
+    from semiseg.devices import pick_device, pick_precision
     from semiseg.predict import default_window, make_predictor, predict_scene
 
     if len(images) != model.num_images:
         raise SemisegError(f"this model takes {model.num_images} image(s) per scene, got {len(images)}")
     device = pick_device(device) if isinstance(device, str) else device
+    precision = pick_precision(precision, amp)
     window = window or default_window(model)
     if all(isinstance(x, (str, os.PathLike)) for x in images):
         if out is None:
             raise SemisegError("predicting files writes files: pass out= (the class map GeoTIFF)")
         return predict_scene(
-            model, list(images), out, device=device, amp=amp, window=window, overlap=overlap,
+            model, list(images), out, device=device, precision=precision, window=window, overlap=overlap,
             batch_size=batch_size, tta=tta, threshold=threshold, progress=progress, **file_options,
         )  # fmt: skip
     if out is not None or file_options:
@@ -107,7 +110,7 @@ def predict(
     grid = make_grid(height, width, window, overlap, model.patch_size)
     sink = _ArraySink(height, width, threshold, probs)
     stream_windows(
-        ArrayWindows(arrays, mask, grid), grid, make_predictor(model, device, amp), sink, tta, batch_size, 0,
+        ArrayWindows(arrays, mask, grid), grid, make_predictor(model, device, precision), sink, tta, batch_size, 0,
         progress is not False,
     )  # fmt: skip
     kept = sink.probs

@@ -188,6 +188,17 @@ def input_identity(rasters: Sequence[str]) -> list[dict[str, Any]]:
     return identity
 
 
+def recorded_options(options: dict) -> dict:
+    """A record's options in today's names: records written before `--precision` say `amp` (none = fp32), and a
+    scene predicted then in the same arithmetic is the same scene, not one made "with other options"."""
+    if "amp" not in options:
+        return options
+    options = dict(options)
+    amp = options.pop("amp")
+    options.setdefault("precision", "fp32" if amp in (None, "none") else amp)
+    return options
+
+
 def _complete_record(
     out_dir: Path, job: Job, paths: dict, checkpoint_sha256: str, inputs: list[dict], options: dict
 ) -> dict | None:
@@ -214,8 +225,8 @@ def _complete_record(
             f"{path} was made from other inputs ({', '.join(n for n in changed if n) or 'not recorded'}: another "
             f"file, size or modification time); delete {job.name}.* or choose another --out-dir"
         )
-    if record.get("options") != options:
-        then = record.get("options") or {}
+    then = recorded_options(record.get("options") or {})
+    if then != options:
         changed = sorted(k for k in {*options, *then} if options.get(k) != then.get(k))
         raise SemisegError(
             f"{path} was made with other options ({', '.join(f'{k} {then.get(k)!r} now {options.get(k)!r}' for k in changed)}); "

@@ -416,7 +416,23 @@ def add_reading_options(p: argparse.ArgumentParser) -> None:
         help="run a scene above a gigapixel without asking (otherwise its estimated time and size are shown first)",
     )  # fmt: skip
     p.add_argument("--which", choices=["auto", "ema", "model"], default="auto", help=WHICH_HELP)
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast on the device")
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+        help="the model's arithmetic: fp32, or autocast to bf16 (faster on recent CPUs and GPUs) or fp16 (CUDA only)",
+    )  # fmt: skip
+    p.add_argument(
+        "--amp", choices=["none", "bf16", "fp16"], dest="precision", action=AmpAlias, default=argparse.SUPPRESS,
+        help="alias of --precision (none = fp32), the older name",
+    )  # fmt: skip
+
+
+class AmpAlias(argparse.Action):
+    """`--amp none|bf16|fp16`, the older name of `--precision`: stored as the precision (none = fp32), so the
+    commands, their records and the batch resume check see one name whichever was typed."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        setattr(namespace, self.dest, "fp32" if values == "none" else values)
 
 
 def add_scene_options(p: argparse.ArgumentParser) -> None:
@@ -471,7 +487,7 @@ def reading_options(args: argparse.Namespace, task: Task, model: Any) -> dict[st
     from semiseg.predict import default_window
 
     return dict(
-        device=pick_device(args.device), amp=args.amp, align=getattr(args, "align", "error"), bands=args.bands,
+        device=pick_device(args.device), precision=args.precision, align=getattr(args, "align", "error"), bands=args.bands,
         nodata=args.nodata, stretch=args.stretch, window=args.window or default_window(model), overlap=args.overlap,
         batch_size=args.batch_size, num_workers=2 if args.workers is None else args.workers, tta=args.tta, yes=args.yes,
         tags={"classes": ",".join(model.meta["classes"]), "checkpoint": Path(args.checkpoint).name,
@@ -718,7 +734,8 @@ def predict_batch_command(args: argparse.Namespace, task: Task, columns: Sequenc
             None if args.polygon_format == "none" else args.polygon_format, args.with_probs
         )
         shaping = {
-            k: options[k] for k in ("window", "overlap", "tta", "bands", "stretch", "nodata", "align", "amp")
+            k: options[k]
+            for k in ("window", "overlap", "tta", "bands", "stretch", "nodata", "align", "precision")
         }
         shaping.update(threshold=getattr(args, "threshold", None), min_area=args.min_area, simplify=args.simplify,
                        with_probs=args.with_probs, polygon_format=args.polygon_format, which=args.which)  # fmt: skip

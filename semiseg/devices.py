@@ -9,6 +9,27 @@ from semiseg.errors import SemisegError
 
 # autocast settings (`train.amp`, `--amp`) -> dtype; "none" runs in float32
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# prediction's `--precision`; the older `--amp` spelled fp32 "none"
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def pick_precision(precision: str | None = None, amp: str | None = None) -> str:
+    """The prediction precision (fp32, bf16 or fp16) from `precision` or its older alias `amp` (none = fp32).
+
+    Why one function: `predict_scene`, `predict_folder` and the Python API all take both names and must agree on
+    what they mean (`semiseg.batch.recorded_options` reads old batch records by the same rule). Both given and
+    different: refused, rather than one silently winning."""
+    names = [_precision_name(v) for v in (precision, amp) if v is not None]
+    if len(set(names)) > 1:
+        raise SemisegError(f"precision {precision!r} and amp {amp!r} disagree: give only precision")
+    return names[0] if names else "fp32"
+
+
+def _precision_name(value: str) -> str:
+    name = "fp32" if value == "none" else value
+    if name not in PRECISIONS:
+        raise SemisegError(f"precision {value!r}: use fp32, bf16 or fp16")
+    return name
 
 
 def pick_device(name: str, index: int | None = None) -> torch.device:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from semiseg.devices import AMP_DTYPES
+from semiseg.devices import AMP_DTYPES, pick_precision
 from semiseg.errors import SemisegError
 from semiseg.geo.writer import class_colormap
 from semiseg.inference import predict_logits
@@ -26,15 +26,18 @@ from semiseg.models.segmentor import Segmentor
 
 
 class ModelPredictor:
-    """uint8 images (one tensor per date, B x C x h x w) -> softmax probabilities, on `device`, under optional
-    autocast. `patch_size` tells tile-and-predict which window sizes the model takes."""
+    """uint8 images (one tensor per date, B x C x h x w) -> softmax probabilities, on `device`, in `precision`
+    (fp32, or autocast to bf16 / fp16; `none` is fp32, the older `--amp` spelling). `patch_size` tells
+    tile-and-predict which window sizes the model takes."""
 
-    def __init__(self, model: Segmentor, device: torch.device, amp: str = "none") -> None:
-        if amp == "fp16" and device.type != "cuda":
-            raise SemisegError("--amp fp16 needs a CUDA device")
+    def __init__(self, model: Segmentor, device: torch.device, precision: str = "fp32") -> None:
+        precision = pick_precision(precision)
+        if precision == "fp16" and device.type != "cuda":
+            raise SemisegError("--precision fp16 needs a CUDA device; on the CPU use bf16 or fp32")
         self.model = model.to(device).eval()
         self.device = device
-        self.dtype = AMP_DTYPES.get(amp)
+        self.precision = precision
+        self.dtype = AMP_DTYPES.get(precision)
         self.patch_size = model.patch_size
 
     @torch.inference_mode()
@@ -143,8 +146,9 @@ def check_rasters_exist(rasters: Sequence[str | os.PathLike]) -> None:
             raise SemisegError(f"input raster not found: {path}")
 
 
-def make_predictor(model: Segmentor, device: torch.device, amp: str = "none") -> ModelPredictor:
-    return ModelPredictor(model, device, amp)
+def make_predictor(model: Segmentor, device: torch.device, precision: str = "fp32") -> ModelPredictor:
+    """The predictor of `model` on `device` in `precision` (fp32, bf16, fp16; `none` means fp32)."""
+    return ModelPredictor(model, device, precision)
 
 
 def _palette(nclass: int) -> list[int]:
@@ -159,12 +163,14 @@ def predict_folder(
     out: str | os.PathLike,
     *,
     device: torch.device,
-    amp: str = "none",
+    precision: str | None = None,
     tta: bool = False,
     progress: bool | None = None,
+    amp: str | None = None,
 ) -> dict[str, Any]:
     """Palette PNG class masks for every image under `src` (or `src` itself), written atomically to
-    `out/<relative path>.png`; returns a summary."""
+    `out/<relative path>.png`; returns a summary. `precision`: fp32 (default), bf16 or fp16 (`amp` is its older
+    name, none = fp32)."""
     src, out = Path(src), Path(out)
     if not src.exists():
         raise SemisegError(f"input not found: {src}")
@@ -174,7 +180,7 @@ def predict_folder(
     if not files:
         raise SemisegError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {src}")
     out.mkdir(parents=True, exist_ok=True)
-    predictor = make_predictor(model, device, amp)
+    predictor = make_predictor(model, device, pick_precision(precision, amp))
     palette = _palette(model.nclass)
 
     from tqdm import tqdm
@@ -197,7 +203,8 @@ def predict_scene(
     out: str | os.PathLike,
     *,
     device: torch.device,
-    amp: str = "none",
+    precision: str | None = None,
+    amp: str | None = None,
     align: str = "error",
     bands: Sequence[int] | None = None,
     nodata: float | None = None,
@@ -214,6 +221,8 @@ def predict_scene(
     trained on, else all but an alpha band (which must then be as many as the model takes); the rasters are checked before any compute; nodata also shapes the
     stretch of non-uint8 inputs, so it goes to the scene, not only to the writer. `stretch` defaults to the rule
     the model was trained with (`auto` when unknown). A scene above `LARGE_SCENE_MEGAPIXELS` needs `yes=True`.
+    `precision`: fp32 (default), bf16 or fp16 (CUDA only); `amp` is its older name (none = fp32). The summary
+    says which was used.
     """
     from semiseg.geo.pair import open_scene
     from semiseg.geo.predict import predict_raster
@@ -226,11 +235,12 @@ def predict_scene(
         check_trained_bands_exist(rasters, bands)
     scene = open_scene(list(rasters), align=align, bands=bands, nodata=nodata, stretch=stretch)
     check_band_count(scene.num_bands, model.spec.bands, rasters[0], bands)
-    predictor = make_predictor(model, device, amp)
+    precision = pick_precision(precision, amp)
+    predictor = make_predictor(model, device, precision)
     if not yes:
         window = options.get("window", default_window(model))
         check_scene_size(scene, predictor, window, options.get("overlap", 0.25), options.get("batch_size", 4))
-    return predict_raster(
+    summary = predict_raster(
         scene,
         predictor,
         out,
@@ -240,3 +250,5 @@ def predict_scene(
         class_names=model.meta.get("classes"),
         **options,
     )
+    summary["precision"] = precision
+    return summary

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import rasterio
+import yaml
 from fakes import change_pair, tiny_checkpoint, write_geotiff
 
 import semicd
@@ -40,6 +43,38 @@ def test_python_api_gives_the_classes_the_command_writes_for_the_same_pair(tmp_p
     assert (
         0.3 < (thresholded.classes == 1).mean() < 0.7
     )  # both classes present: the comparison is not trivial
+
+
+def test_precision_is_chosen_recorded_and_amp_is_its_alias(tmp_path, capsys):
+    before, after = change_pair(np.random.default_rng(3), size=(40, 50))
+    write_geotiff(tmp_path / "a.tif", before)
+    write_geotiff(tmp_path / "b.tif", after)
+    checkpoint = tiny_checkpoint(tmp_path / "cd", seed=4)
+    model = semicd.load_model(checkpoint)
+    fp32 = semicd.predict(model, before, after, window=28, device="cpu")
+    bf16 = semicd.predict(model, before, after, window=28, device="cpu", precision="bf16")
+    assert np.abs(bf16.probs - fp32.probs).max() < 0.05  # autocast rounds, it does not change the model
+    assert np.array_equal(
+        semicd.predict(model, before, after, window=28, device="cpu", amp="bf16").probs, bf16.probs
+    )
+    with pytest.raises(SemisegError, match="disagree"):
+        semicd.predict(model, before, after, window=28, device="cpu", precision="fp32", amp="bf16")
+    with pytest.raises(SemisegError, match="^--precision fp16 needs a CUDA device"):
+        semicd.predict(model, before, after, window=28, device="cpu", precision="fp16")
+
+    common = ["predict", "--before", str(tmp_path / "a.tif"), "--after", str(tmp_path / "b.tif"), "--checkpoint",
+              str(checkpoint), "--window", "28", "--workers", "0", "--device", "cpu"]  # fmt: skip
+    for flags, expected in ((["--precision", "bf16"], "bf16"), (["--amp", "none"], "fp32"), ([], "fp32")):
+        out = tmp_path / f"{expected}{len(flags)}.tif"
+        assert semicd_main([*common, "--out", str(out), *flags]) == 0
+        assert json.loads(capsys.readouterr().out)["precision"] == expected
+        record = yaml.safe_load(out.with_suffix(".predict.yaml").read_text())
+        assert record["arguments"]["precision"] == expected and "amp" not in record["arguments"]
+    for flags in (["--precision", "fp16"], ["--amp", "fp16"]):
+        assert semicd_main([*common, "--out", str(tmp_path / "fp16.tif"), *flags]) != 0
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "fp16 needs a CUDA device" in err
+    assert not (tmp_path / "fp16.tif").exists()
 
 
 def test_segment_blends_windows_over_a_large_array_and_leaves_invalid_pixels_out(tmp_path):

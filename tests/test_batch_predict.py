@@ -221,6 +221,32 @@ def test_a_resume_refuses_outputs_made_from_other_inputs_or_options(three_pairs,
     assert {p.name: p.read_bytes() for p in out.glob("p[13].*")} == first
 
 
+def test_records_written_with_amp_resume_as_the_same_precision(three_pairs, capsys):
+    tmp = three_pairs
+    (tmp / "pairs.csv").write_text("before,after,name\na1.tif,b1.tif,p1\n")
+    out = tmp / "out"
+    args = batch_args(tmp, out)
+    assert semicd_main([*args, *COMMON, "--precision", "fp32"]) == 0
+    path = out / "p1.json"
+    record = json.loads(path.read_text())
+    assert record["options"]["precision"] == "fp32" and "amp" not in record["options"]
+    capsys.readouterr()
+
+    # A record from before --precision said amp: none, which is fp32; `--amp none` is the same run too.
+    options = {k: v for k, v in record["options"].items() if k != "precision"}
+    path.write_text(json.dumps({**record, "options": {**options, "amp": "none"}}))
+    assert semicd_main([*args, *COMMON]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == 1
+    assert semicd_main([*args, *COMMON, "--amp", "none"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == 1
+
+    # One made in bf16 is another run, said in today's name.
+    path.write_text(json.dumps({**record, "options": {**options, "amp": "bf16"}}))
+    assert semicd_main([*args, *COMMON]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert "made with other options (precision 'bf16' now 'fp32')" in result["failures"]["p1"]
+
+
 def test_a_batch_starts_no_reader_processes_unless_asked_and_names_geojson_layers(
     three_pairs, monkeypatch, capsys
 ):

@@ -1,6 +1,7 @@
 """Tiled prediction end to end with a toy pointwise model: exact, streamed, georeferenced, all-or-nothing."""
 
 import functools
+import threading
 from pathlib import Path
 
 import geopandas as gpd
@@ -199,6 +200,65 @@ def test_interrupted_run_leaves_nothing_at_output_paths(tmp_path, error):
             polygons_path=tmp_path / "change.geojson",
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif"]
+
+
+def smoothing_predictor(images):
+    """A toy model whose output depends on neighbours, so window edges differ and the blending matters."""
+    a, b = (torch.nn.functional.avg_pool2d(x.float()[:, :1], 5, stride=1, padding=2) for x in images)
+    p = (a - b).abs() / 255.0
+    return torch.cat([1 - p, p], dim=1)
+
+
+def writer_threads():
+    return [t for t in threading.enumerate() if t.name == "semiseg-strip-writer"]
+
+
+def test_writer_thread_writes_the_same_bytes_as_the_calling_thread(tmp_path):
+    _, _, pa, pb = random_pair(tmp_path, h=230, w=90)
+    files = {}
+    for name, threaded, workers in (("sync", False, 0), ("thread", True, 2)):
+        (tmp_path / name).mkdir()
+        predict_raster(
+            open_pair(pa, pb), smoothing_predictor, tmp_path / name / "change.tif", window=28, batch_size=3,
+            num_workers=workers, probs_path=tmp_path / name / "probs.tif", progress=False, writer_thread=threaded,
+        )  # fmt: skip
+        files[name] = {p.name: p.read_bytes() for p in sorted((tmp_path / name).iterdir())}
+    assert sorted(files["sync"]) == ["change.qml", "change.tif", "change.tif.aux.xml", "probs.tif"]
+    assert files["thread"] == files["sync"]
+    assert not writer_threads()
+
+
+@pytest.mark.parametrize("failing_call", [1, 4])
+def test_a_write_failing_in_the_writer_thread_stops_the_run_with_its_error(
+    tmp_path, monkeypatch, failing_call
+):
+    from semiseg.geo.writer import StreamingGeoTiff
+
+    _, _, pa, pb = random_pair(tmp_path, h=300, w=40)
+    original, calls, predicted = StreamingGeoTiff.write_rows, [], []
+
+    def write_rows(self, row, data):
+        calls.append(row)
+        if len(calls) == failing_call:
+            raise SemisegError("writing change.tif failed (the disk went away)")
+        return original(self, row, data)
+
+    def counting(images):
+        predicted.append(len(images[0]))
+        return toy_predictor(images)
+
+    monkeypatch.setattr(StreamingGeoTiff, "write_rows", write_rows)
+    with pytest.raises(SemisegError, match="^writing change.tif failed \\(the disk went away\\)$"):
+        predict_raster(open_pair(pa, pb), counting, tmp_path / "change.tif", window=28, batch_size=1, num_workers=0,
+                       probs_path=tmp_path / "probs.tif", progress=False)  # fmt: skip
+    # the run stopped soon after, the thread is gone, and no output or temporary is left
+    # Two windows a strip, two writes (classes, probs) a strip: the failing write flushes strip s when window 2s + 1
+    # arrives; the main thread can then be at most the queue's two batches and one in hand ahead of it.
+    strip = (failing_call + 1) // 2
+    assert len(predicted) <= 2 * strip + 1 + 3
+    assert not writer_threads()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif"]
+    assert not writer_threads()
 
 
 def test_bad_outputs_are_refused_before_any_compute(tmp_path):

@@ -3,9 +3,14 @@
 For each scene size a child process (fresh peak RSS) writes a synthetic before/after pair (tiled, deflate), runs
 `semiseg.geo.predict.predict_raster` end to end (reading in DataLoader workers, blending, streaming the class map and
 probabilities to disk), then times the model alone on the same number of windows of random data, batch by batch.
-The difference is what reading, blending and writing add. Prints one JSON line per size.
+The difference is what reading, blending and writing add beyond the model: `outside_model_fraction` = (end to end
+- model) / end to end, 0 when they are fully hidden behind the model (it can come out slightly negative: the two
+runs are timed apart, on a shared machine). `cpu_utilisation` is the CPU time of the process and its reader
+workers (`os.times`, children included once they are joined) over the wall time and the usable cores: how much of
+the machine the pipeline keeps busy. `--sync` blends and writes in the main thread (`writer_thread=False`), the
+pipeline before the writer thread, for a before/after comparison. Prints one JSON line per size.
 
-    python tools/bench_predict.py --sizes 2048 8192 --encoder small --device cpu
+    python tools/bench_predict.py --sizes 2048 8192 --encoder small --device cpu [--precision bf16] [--sync]
 
 Many-pairs mode (`--pairs N`): N synthetic pairs of `--sizes` px predicted as one batch (`semiseg.batch`, the code
 of `semicd predict --pairs`: one model load, then per pair open, check, predict, write the COG map and its polygons,
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -60,45 +66,52 @@ def bench_one(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model = build_model(args.encoder, TASK.nclass, TASK.fusion)
-    predictor = make_predictor(model, device, args.amp)
+    predictor = make_predictor(model, device, args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_scene(tmp / "a.tif", args.size, 0)
         write_scene(tmp / "b.tif", args.size, 1)
         base_rss = rss_mb()
+        cpu_before = cpu_seconds()
         start = time.perf_counter()
         summary = predict_raster(
             open_scene([tmp / "a.tif", tmp / "b.tif"]), predictor, tmp / "change.tif", window=args.window,
             overlap=args.overlap, batch_size=args.batch_size, num_workers=args.workers,
-            probs_path=tmp / "probs.tif", progress=False,
+            probs_path=tmp / "probs.tif", progress=False, writer_thread=not args.sync,
         )  # fmt: skip
         total = time.perf_counter() - start
+        cpu = cpu_seconds() - cpu_before
         peak = peak_rss_mb()
     n_windows = len(make_grid(args.size, args.size, args.window, args.overlap, model.patch_size).tiles)
-    batch = tuple(
-        torch.randint(0, 256, (args.batch_size, 3, args.window, args.window), dtype=torch.uint8)
-        for _ in range(2)
-    )
-    predictor(batch)  # warm-up
-    sync(device)
-    t0 = time.perf_counter()
-    done = 0
-    while done < n_windows:
-        n = min(args.batch_size, n_windows - done)
-        predictor(tuple(x[:n] for x in batch))
-        done += n
-    sync(device)
-    model_s = time.perf_counter() - t0
+    model_s = model_only_seconds(predictor, n_windows, args.window, args.batch_size, device)
     mp = args.size * args.size / 1e6
+    cores = usable_cores()
     return {
         "bench": "predict", "size": args.size, "encoder": args.encoder, "window": args.window,
-        "overlap": args.overlap, "batch_size": args.batch_size, "workers": args.workers, "amp": args.amp,
-        "windows": n_windows, "total_s": round(total, 3), "model_only_s": round(model_s, 3),
-        "overhead_percent": round(100 * (total - model_s) / model_s, 1), "megapixels": round(mp, 2),
-        "megapixels_per_s": round(mp / total, 3), "peak_rss_mb": round(peak, 1),
-        "rss_before_predict_mb": round(base_rss, 1), "summary_mp_per_s": summary.get("megapixels_per_second"),
+        "overlap": args.overlap, "batch_size": args.batch_size, "workers": args.workers,
+        "precision": predictor.precision, "writer_thread": not args.sync, "windows": n_windows,
+        "total_s": round(total, 3), "model_s": round(model_s, 3),
+        "outside_model_fraction": round((total - model_s) / total, 3), "megapixels": round(mp, 2),
+        "mpx_per_s": round(mp / total, 3), "peak_rss_mb": round(peak, 1),
+        "rss_before_predict_mb": round(base_rss, 1), "cpu_s": round(cpu, 3), "cores": cores,
+        "cpu_utilisation": round(cpu / total / cores, 3), "summary_mp_per_s": summary.get("megapixels_per_second"),
         **environment(device),
     }  # fmt: skip
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its children that have been waited for (DataLoader
+    workers are, when the predict call shuts them down)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity, e.g. a Slurm allocation), else all of them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def write_pairs(folder: Path, n: int, size: int) -> Path:
@@ -145,7 +158,7 @@ def bench_pairs(args: argparse.Namespace) -> dict:
             build_model(args.encoder, TASK.nclass, TASK.fusion), tmp / "model", {"task": TASK.name}
         )
         model = load_model(checkpoint)
-        one = partial(predict, model, progress=False, device=device, amp=args.amp, window=args.window,
+        one = partial(predict, model, progress=False, device=device, precision=args.precision, window=args.window,
                       overlap=args.overlap, batch_size=args.batch_size, num_workers=args.workers)  # fmt: skip
         # The first pair pays one-off costs (first forward of each kernel, lazy imports of the vector stack):
         # timed apart, so the per-pair figure is what every further pair of an archive costs.
@@ -166,7 +179,7 @@ def bench_pairs(args: argparse.Namespace) -> dict:
         make_grid(args.size, args.size, args.window, args.overlap, model.patch_size).tiles
     )
     model_s = model_only_seconds(
-        make_predictor(model, device, args.amp), n_windows, args.window, args.batch_size, device
+        make_predictor(model, device, args.precision), n_windows, args.window, args.batch_size, device
     )
     return {
         "bench": "predict_pairs", "pairs": args.pairs, "size": args.size, "encoder": args.encoder,
@@ -179,7 +192,6 @@ def bench_pairs(args: argparse.Namespace) -> dict:
 
 def bench_ranks(args: argparse.Namespace) -> dict:
     """`semicd predict --pairs` end to end in one process and under torchrun with `args.ranks` processes."""
-    import os
     import subprocess
 
     from semiseg.models.checkpoints import export_model
@@ -224,7 +236,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", choices=["none", "bf16"], default="none")
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="the model's arithmetic"
+    )
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="alias of --precision (none = fp32)")
+    p.add_argument(
+        "--sync", action="store_true", help="blend and write in the main thread (no writer thread)"
+    )
     p.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()))
     p.add_argument("--pairs", type=int, default=0, help="many-pairs mode: this many pairs of each size")
     p.add_argument(
@@ -236,6 +254,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.amp is not None:
+        args.precision = "fp32" if args.amp == "none" else args.amp
     if args.worker:
         print(json.dumps(bench_pairs(args) if args.pairs else bench_one(args)))
         return
@@ -245,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(bench_ranks(args)))
     common = ["--pairs", str(args.pairs), "--encoder", args.encoder, "--window", str(args.window), "--overlap", str(args.overlap),
               "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", args.device,
-              "--amp", args.amp, "--threads", str(args.threads)]  # fmt: skip
+              "--precision", args.precision, "--threads", str(args.threads)] + (["--sync"] if args.sync else [])  # fmt: skip
     for result in run_workers(Path(__file__), [["--size", str(s)] for s in args.sizes], common):
         print(json.dumps(result))
 

@@ -3,23 +3,30 @@
 The caller supplies `predictor(images) -> probabilities`: `images` is a tuple (one per date) of uint8 tensors
 B x C x h x w with values 0..255, and the result is B x K x h x w class probabilities. Normalisation, the
 device and the model are the caller's business (`semiseg.predict.make_predictor`), so this module works the same
-for change detection (two dates) and segmentation (one image), and tests can pass a toy function. Windows must
-be a multiple of the model's patch size: the predictor's `patch_size` attribute, or the `patch_size` argument.
+for change detection (two dates) and segmentation (one image), and tests can pass a toy function. The result
+must be a new tensor on every call (not a buffer the predictor reuses): the writer thread reads it while the
+next batch runs. Windows must be a multiple of the model's patch size: the predictor's `patch_size` attribute,
+or the `patch_size` argument.
 
 Flow: `open_scene` checks the inputs; a `TileGrid` of overlapping windows is read by a DataLoader whose
 workers open their own rasterio handles; windows without any valid pixel are not predicted; probabilities are
 blended by `StripBlender`, and each strip of rows is decided (argmax or threshold), written, and forgotten as
-soon as no later window touches it. Outputs are published only when everything succeeded (see `writer.py`).
+soon as no later window touches it. Blending and writing run in one background thread (`StripPipeline`)
+while the main thread runs the model on the next batch. Outputs are published only when everything succeeded
+(see `writer.py`).
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -148,13 +155,14 @@ def decide(probs: np.ndarray, threshold: float | None) -> tuple[np.ndarray, np.n
     return probs.argmax(0).astype(np.uint8), (probs[1] if k == 2 else probs.max(0))
 
 
-def run_predictor(predictor: Predictor, images: tuple[torch.Tensor, ...], tta: bool) -> np.ndarray:
-    """Probabilities (B x K x h x w float32 numpy) of a batch; with TTA averaged with the horizontal flip."""
+def run_predictor(predictor: Predictor, images: tuple[torch.Tensor, ...], tta: bool) -> torch.Tensor:
+    """Probabilities (B x K x h x w) of a batch, left on the predictor's device (`to_host` brings them over
+    without waiting); with TTA averaged with the horizontal flip."""
     probs = _checked(predictor(images), images[0])
     if tta:
         flipped = _checked(predictor(tuple(x.flip(-1) for x in images)), images[0]).flip(-1)
         probs = (probs + flipped) / 2
-    return probs.detach().float().cpu().numpy()
+    return probs
 
 
 def _checked(probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -233,6 +241,7 @@ def predict_raster(
     min_area_m2: float = 0.0,
     simplify: float = 0.0,
     patch_size: int | None = None,
+    writer_thread: bool = True,
 ) -> dict:
     """Predict a scene window by window and write the class map (and optionally probabilities and polygons).
 
@@ -243,7 +252,8 @@ def predict_raster(
     `class_names` label the classes in the styles, the attribute table, the polygons and the summary (default:
     the `classes` tag). `simplify` (CRS units) simplifies polygon outlines. Returns a summary: pixel counts and
     areas per class, for a two-date scene the changed (non-zero) area and its share of the valid area, the
-    input pixels dropped as NaN/Inf, seconds and megapixels per second.
+    input pixels dropped as NaN/Inf, seconds and megapixels per second. `writer_thread=False` blends and writes in
+    the calling thread instead of beside the model (`StripPipeline`); the files are the same byte for byte.
     """
     patch_size = patch_size or getattr(predictor, "patch_size", None)
     if patch_size is None:
@@ -274,24 +284,31 @@ def predict_raster(
             k, stats.nonfinite = stream_windows(
                 WindowDataset(scene.sources, grid), grid, predictor,
                 _strip_writer(class_out, probs_out, stats, threshold), tta, batch_size, num_workers, progress,
+                background=writer_thread,
             )  # fmt: skip
             k = k or num_classes or 2
             names = class_names_for(k, class_names or run_tags.get("classes"))
             colours = class_colormap(k)
             what = "change class" if len(scene.sources) == 2 and k == 2 else "class"
-            class_file = class_out.finish(
-                colours, {"classes": ",".join(names)}, description=what,
-                band_tags={str(c): name for c, name in enumerate(names)},
-                sidecars={".qml": class_raster_qml(colours, names),
-                          ".aux.xml": attribute_table_xml(names, colours, what)},
-            )  # fmt: skip
-            probs_file = None
-            if probs_out is not None:
-                kind = "change probability" if k <= 2 else "winning-class probability"
-                probs_file = probs_out.finish(
-                    None, {"values": f"{kind} x 254 (band scale 1/254 gives 0-1), 255 = nodata"},
-                    description=kind, scale=1.0 / PROB_SCALE,
+            # The probabilities are finished (overviews, COG copy) in a second thread while this one finishes the
+            # class map: GDAL releases the GIL there, each raster has its own handle used by one thread, and leaving
+            # the pool waits for that thread, so no handle is in use when an error closes and deletes the files.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="semiseg-finish") as pool:
+                probs_job = None
+                if probs_out is not None:
+                    kind = "change probability" if k <= 2 else "winning-class probability"
+                    probs_job = pool.submit(
+                        probs_out.finish, None,
+                        {"values": f"{kind} x 254 (band scale 1/254 gives 0-1), 255 = nodata"},
+                        description=kind, scale=1.0 / PROB_SCALE,
+                    )  # fmt: skip
+                class_file = class_out.finish(
+                    colours, {"classes": ",".join(names)}, description=what,
+                    band_tags={str(c): name for c, name in enumerate(names)},
+                    sidecars={".qml": class_raster_qml(colours, names),
+                              ".aux.xml": attribute_table_xml(names, colours, what)},
                 )  # fmt: skip
+                probs_file = None if probs_job is None else probs_job.result()
             n_polygons = None
             if polygons_path is not None:
                 n_polygons = _write_polygons(
@@ -375,9 +392,149 @@ def _strip_writer(class_out, probs_out, stats: _Stats, threshold: float | None) 
     return write
 
 
+class StripPipeline:
+    """Blend windows into strips and hand each finished strip to the sink, optionally in one background thread.
+
+    Why a thread: the main thread reads windows (or gets them from DataLoader workers) and runs the model; blending,
+    deciding, compressing and writing a strip are numpy and GDAL work that releases the GIL, so done beside the
+    model they cost almost no wall time instead of adding to it. Why exactly one thread: rasterio/GDAL dataset
+    handles are not thread-safe, and the blender must see windows in row-major order; one consumer keeps both
+    true and makes the written bytes identical to the synchronous path (`background=False`, the same code run in
+    the caller's thread). Why a bounded queue: the main thread blocks once `depth` batches wait, so host memory is
+    a few batches of probabilities plus the blender's one band of rows, never a function of the scene's height.
+
+    The handles stay usable by one thread at a time: the sink's rasters are opened in the caller's thread before
+    the pipeline starts and finished/closed there after `finish()` or `close()` has joined the thread. An error in
+    the thread is kept and raised again, unchanged, in the caller's thread at its next `put` or at `finish`, so
+    the caller sees the same one-line error as before and its `finally` blocks remove the temporaries.
+    """
+
+    _FINISH = object()
+
+    def __init__(self, grid: TileGrid, sink: StripSink, *, background: bool = True, depth: int = 2) -> None:
+        self.grid = grid
+        self.sink = sink
+        self.blender = StripBlender(grid)
+        self.strip = 0
+        self.error: BaseException | None = None
+        self._abort = threading.Event()
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            self._queue = queue.Queue(maxsize=depth)
+            self._thread = threading.Thread(target=self._run, name="semiseg-strip-writer", daemon=True)
+            self._thread.start()
+
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of the blended probabilities (None when no window was predicted); valid after `finish()`."""
+        return None if self.blender.acc is None else int(self.blender.acc.shape[0])
+
+    def put(
+        self, tiles: Sequence, probs: HostProbs | None, slots: Sequence[int | None], valid: np.ndarray
+    ) -> None:
+        """Queue one batch: its tiles, their probabilities (`host_probs`), each tile's row in them (None: no valid
+        pixel, not predicted) and their validity masks (B x size x size). Blocks while the queue is full."""
+        item = (tiles, probs, slots, valid)
+        if self._queue is None:
+            self._handle(item)
+            return
+        while True:
+            self._raise_error()
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        """Flush the last rows and wait for every strip to be written; raise the thread's error if it had one."""
+        if self._queue is None:
+            self._flush(self.grid.height)
+            return
+        while True:  # never block forever: the thread may have stopped on an error with the queue full
+            self._raise_error()
+            try:
+                self._queue.put(self._FINISH, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+        self._raise_error()
+
+    def close(self) -> None:
+        """Stop the thread (after the strip it is writing, if any) and wait for it; safe to call twice. Called
+        on every way out, so no thread touches the rasters once the caller closes or deletes them."""
+        if self._thread is None:
+            return
+        self._abort.set()
+        try:
+            self._queue.put_nowait(self._FINISH)  # wakes a thread waiting on an empty queue
+        except queue.Full:
+            pass  # a full queue: the thread is busy and sees the abort before taking the next item
+        self._thread.join()
+        self._thread = None
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        try:
+            while not self._abort.is_set():
+                item = self._queue.get()
+                if self._abort.is_set():
+                    return
+                if item is self._FINISH:
+                    self._flush(self.grid.height)
+                    return
+                self._handle(item)
+        except BaseException as exc:  # kept for the caller's thread, which raises it
+            self.error = exc
+
+    def _handle(self, item: tuple) -> None:
+        tiles, probs, slots, valid = item
+        array = None if probs is None else host_array(probs)
+        for tile, slot, ok in zip(tiles, slots, valid):
+            if tile.row_index != self.strip:
+                self._flush(self.grid.row_starts[tile.row_index])
+                self.strip = tile.row_index
+            self.blender.add(tile, None if slot is None else array[slot], ok)
+
+    def _flush(self, until_row: int) -> None:
+        self.sink(*self.blender.flush(until_row))
+
+
+HostProbs = tuple[torch.Tensor, "torch.cuda.Event | None"]
+
+
+def to_host(probs: torch.Tensor) -> HostProbs:
+    """Start copying a batch's probabilities to host memory without waiting for the device.
+
+    On CUDA the copy goes into pinned memory with `non_blocking=True` and an event marks its end: the main
+    thread goes on to read and launch the next batch while the device still computes this one, and only the
+    writer thread waits (`host_array`). Elsewhere the tensor is already on the host."""
+    probs = probs.detach().float()
+    if probs.device.type != "cuda":
+        return probs, None
+    host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
+    host.copy_(probs, non_blocking=True)  # queued on the current stream of the tensor's device
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(probs.device))  # that device's stream, whichever GPU is current
+    return host, event
+
+
+def host_array(probs: HostProbs) -> np.ndarray:
+    """The numpy array of `to_host`'s copy, once the copy has finished."""
+    tensor, event = probs
+    if event is not None:
+        event.synchronize()
+    return tensor.numpy()
+
+
 def stream_windows(
     dataset: Dataset, grid: TileGrid, predictor, sink: StripSink, tta: bool, batch_size: int, num_workers: int,
-    progress: bool,
+    progress: bool, *, background: bool = True,
 ) -> tuple[int | None, int]:  # fmt: skip
     """The streaming loop: read, predict, blend, and hand each strip of rows to `sink(row, probs, valid)` once it
     is final (probs K x h x w, None when no window of the strip had a valid pixel). Returns the class count (None
@@ -385,6 +542,11 @@ def stream_windows(
 
     `dataset[i]` gives (images, valid, nonfinite, i) for window i of `grid`: `WindowDataset` for rasters on
     disk, `semiseg.api` for arrays in memory; both go through this one loop, so they blend alike.
+
+    Three stages overlap: DataLoader workers read the next windows (pinned memory on CUDA, so the predictor's
+    `non_blocking` copy to the device does not wait), this thread runs the model, and a `StripPipeline` thread
+    blends and calls `sink` (`background=False` runs that in this thread: the reference for tests, and easier
+    to debug). `sink` is then called from that thread, one call at a time, in row order.
     """
     loader = DataLoader(
         dataset,
@@ -394,17 +556,12 @@ def stream_windows(
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=outlive_group_sigterm,
     )
-    blender = StripBlender(grid)
     nonfinite_total = 0
-    strip = 0
     done_px = 0
     start = time.perf_counter()
     bar = tqdm(total=len(grid), unit="win", desc="predict", disable=not progress or not sys.stderr.isatty())
-
-    def write(until_row: int) -> None:
-        sink(*blender.flush(until_row))
-
     batches = iter(loader)
+    pipeline = StripPipeline(grid, sink, background=background)
     try:
         with deferred_stop():  # a signal is acted on between batches (see semiseg.stopping)
             for images, valid, nonfinite, indices in batches:
@@ -412,27 +569,26 @@ def stream_windows(
                 nonfinite_total += int(nonfinite.sum())
                 has_data = valid.flatten(1).any(1)
                 keep = torch.nonzero(has_data).flatten()
-                probs = run_predictor(predictor, tuple(x[keep] for x in images), tta) if len(keep) else None
+                probs = None
+                if len(keep):
+                    probs = to_host(run_predictor(predictor, tuple(x[keep] for x in images), tta))
                 slot = {b: j for j, b in enumerate(keep.tolist())}  # batch position -> row of `probs`
-                for b, index in enumerate(indices.tolist()):
-                    tile = grid.tiles[index]
-                    if tile.row_index != strip:
-                        write(grid.row_starts[tile.row_index])
-                        strip = tile.row_index
-                    blender.add(tile, probs[slot[b]] if b in slot else None, valid[b].numpy())
+                tiles = [grid.tiles[index] for index in indices.tolist()]
+                pipeline.put(tiles, probs, [slot.get(b) for b in range(len(tiles))], valid.numpy())
+                for tile in tiles:
                     done_px += min(tile.size, grid.height - tile.row) * min(tile.size, grid.width - tile.col)
                 bar.update(len(indices))
                 bar.set_postfix_str(f"{done_px / 1e6 / max(time.perf_counter() - start, 1e-9):.2f} MP/s")
-            write(grid.height)
+            pipeline.finish()
     finally:
+        pipeline.close()  # before anything else: the rasters the sink writes are closed by our caller next
         # Workers go now, not when the iterator is collected: an error's traceback can keep it alive until exit.
         getattr(batches, "_shutdown_workers", lambda: None)()
         bar.close()
         close = getattr(dataset, "close", None)
         if close is not None:
             close()
-    k = None if blender.acc is None else int(blender.acc.shape[0])
-    return k, nonfinite_total
+    return pipeline.num_classes, nonfinite_total
 
 
 def _summary(

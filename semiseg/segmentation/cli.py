@@ -77,7 +77,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     model = load_model(args.checkpoint, task=TASK.name, which=args.which)
     summary = predict_folder(
-        model, args.input, args.out, device=pick_device(args.device), amp=args.amp, tta=args.tta
+        model, args.input, args.out, device=pick_device(args.device), precision=args.precision, tta=args.tta
     )
     record_command(Path(args.out) / "predict.yaml", args, summary)
     print(json.dumps(summary))

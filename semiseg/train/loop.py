@@ -168,7 +168,7 @@ class TrainLoaders:
         step then finds it on the device instead of waiting for it. On CPU the same code only reorders the work.
         It changes no draw: which samples come is decided by the samplers, what they are by their keys, and
         neither fetching nor copying draws from any generator. A consumer that stops early (train.max_iters, a
-        signal) leaves at most this one batch loaded in vain.
+        signal) leaves this one batch fetched in vain, beside what the workers had read ahead (two batches each).
         """
         end = self.batches_per_epoch if end is None else end
         iterators = []
