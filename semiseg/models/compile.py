@@ -34,7 +34,8 @@ def compile_problem(device: torch.device, mode: str) -> str | None:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             probe = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 2)).to(device)
             x = torch.linspace(-1.0, 1.0, 32, device=device).reshape(4, 8)
-            torch.compile(probe, mode=torch_mode(mode))(x).sum().backward()
+            out = torch.compile(probe, mode=torch_mode(mode))(x).sum()
+            torch.autograd.grad(out, list(probe.parameters()))  # the backward graph compiles too
     except Exception as err:  # any backend failure means: train uncompiled
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return f"{type(err).__name__}: {first[:200]}"
