@@ -213,19 +213,74 @@ def writer_threads():
     return [t for t in threading.enumerate() if t.name == "semiseg-strip-writer"]
 
 
-def test_writer_thread_writes_the_same_bytes_as_the_calling_thread(tmp_path):
+def test_writer_thread_writes_the_same_bytes_as_the_calling_thread(tmp_path, monkeypatch):
+    import threading
+
+    from semiseg.geo.writer import StreamingGeoTiff
+
+    original, writers = StreamingGeoTiff.write_rows, []
+
+    def write_rows(self, row, data):
+        writers.append(threading.current_thread().name)
+        return original(self, row, data)
+
+    monkeypatch.setattr(StreamingGeoTiff, "write_rows", write_rows)
     _, _, pa, pb = random_pair(tmp_path, h=230, w=90)
-    files = {}
+    files, written_by = {}, {}
     for name, threaded, workers in (("sync", False, 0), ("thread", True, 2)):
         (tmp_path / name).mkdir()
+        writers.clear()
         predict_raster(
             open_pair(pa, pb), smoothing_predictor, tmp_path / name / "change.tif", window=28, batch_size=3,
             num_workers=workers, probs_path=tmp_path / name / "probs.tif", progress=False, writer_thread=threaded,
         )  # fmt: skip
         files[name] = {p.name: p.read_bytes() for p in sorted((tmp_path / name).iterdir())}
+        written_by[name] = set(writers)
     assert sorted(files["sync"]) == ["change.qml", "change.tif", "change.tif.aux.xml", "probs.tif"]
     assert files["thread"] == files["sync"]
+    assert written_by == {"sync": {threading.main_thread().name}, "thread": {"semiseg-strip-writer"}}
     assert not writer_threads()
+
+
+def test_an_interrupt_while_finishing_still_waits_for_the_writer_before_the_caller_closes_files():
+    """Ctrl-C during `finish()` (and again during `close()`) must not let the caller close the rasters while the
+    writer thread is still writing a strip: `close()` returns only once the thread has ended."""
+    import signal
+    import threading
+    import time
+
+    from semiseg.geo.predict import StripPipeline
+    from semiseg.geo.windows import make_grid
+
+    grid = make_grid(56, 28, 28, 0.0, 14)
+    writing, written = threading.Event(), []
+
+    def slow_sink(row, probs, valid):
+        writing.set()
+        time.sleep(0.6)
+        written.append(row)
+
+    pipeline = StripPipeline(grid, slow_sink)
+    probs = (torch.full((len(grid.tiles), 2, 28, 28), 0.5), None)
+    pipeline.put(grid.tiles, probs, list(range(len(grid.tiles))), np.ones((len(grid.tiles), 28, 28), bool))
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.finish()
+        assert writing.is_set() and not written  # interrupted while the thread writes
+        signal.setitimer(signal.ITIMER_REAL, 0.1)  # and once more while close() waits
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.close()
+        assert written  # close() returned only after the strip being written was done
+        assert not writer_threads()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.mark.parametrize("failing_call", [1, 4])

@@ -418,6 +418,7 @@ class StripPipeline:
         self.strip = 0
         self.error: BaseException | None = None
         self._abort = threading.Event()
+        self._done = threading.Event()  # set by the thread itself as it ends (see `_wait`)
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         if background:
@@ -459,7 +460,7 @@ class StripPipeline:
                 break
             except queue.Full:
                 continue
-        self._thread.join()
+        self._wait()
         self._raise_error()
 
     def close(self) -> None:
@@ -472,8 +473,25 @@ class StripPipeline:
             self._queue.put_nowait(self._FINISH)  # wakes a thread waiting on an empty queue
         except queue.Full:
             pass  # a full queue: the thread is busy and sees the abort before taking the next item
-        self._thread.join()
+        interrupted: BaseException | None = None
+        while True:  # a second Ctrl-C or SIGTERM must not let the caller close the rasters under the thread
+            try:
+                self._wait()
+                break
+            except (
+                BaseException
+            ) as exc:  # KeyboardInterrupt, a SIGTERM handler's exception: held until it ends
+                interrupted = interrupted or exc
         self._thread = None
+        if interrupted is not None:
+            raise interrupted
+
+    def _wait(self) -> None:
+        """Wait until the thread has ended. Not `Thread.join`: on CPython 3.11-3.12 a signal handler raising
+        inside `join()` can leave the thread marked finished while it still runs, after which every `join()`
+        returns at once; the thread's own event cannot be fooled that way."""
+        while not self._done.wait(0.1):
+            pass
 
     def _raise_error(self) -> None:
         if self.error is not None:
@@ -491,6 +509,8 @@ class StripPipeline:
                 self._handle(item)
         except BaseException as exc:  # kept for the caller's thread, which raises it
             self.error = exc
+        finally:
+            self._done.set()
 
     def _handle(self, item: tuple) -> None:
         tiles, probs, slots, valid = item
@@ -516,10 +536,12 @@ def to_host(probs: torch.Tensor) -> HostProbs:
     writer thread waits (`host_array`). Elsewhere the tensor is already on the host."""
     probs = probs.detach().float()
     if probs.device.type != "cuda":
-        return probs, None
+        return probs.cpu(), None  # a no-op on the CPU; other accelerators (mps, xpu) copy here
     host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
     host.copy_(probs, non_blocking=True)  # queued on the current stream of the tensor's device
-    event = torch.cuda.Event()
+    event = torch.cuda.Event(
+        blocking=True
+    )  # the writer thread sleeps while it waits instead of spinning a core
     event.record(torch.cuda.current_stream(probs.device))  # that device's stream, whichever GPU is current
     return host, event
 
@@ -571,7 +593,11 @@ def stream_windows(
                 keep = torch.nonzero(has_data).flatten()
                 probs = None
                 if len(keep):
-                    probs = to_host(run_predictor(predictor, tuple(x[keep] for x in images), tta))
+                    # Indexing copies into ordinary memory; a whole batch keeps the loader's pinned one, whose
+                    # copy to the GPU then does not wait for the model's previous batch.
+                    whole = len(keep) == len(has_data)
+                    batch = images if whole else tuple(x[keep] for x in images)
+                    probs = to_host(run_predictor(predictor, batch, tta))
                 slot = {b: j for j, b in enumerate(keep.tolist())}  # batch position -> row of `probs`
                 tiles = [grid.tiles[index] for index in indices.tolist()]
                 pipeline.put(tiles, probs, [slot.get(b) for b in range(len(tiles))], valid.numpy())
