@@ -481,9 +481,8 @@ def test_compiled_student_teacher_and_prevmatch_snapshots_train_as_uncompiled(tm
         train(cfg, tmp_path / mode, progress=False)
         graphs[mode] = counters["stats"]["unique_graphs"] - before
         weights[mode] = _weights(tmp_path / mode / "latest.pt")
-    assert (
-        graphs["off"] == 0 and graphs["default"] >= 4
-    )  # block and head, with and without gradients at least
+    # block and head, with and without gradients, at least
+    assert graphs["off"] == 0 and graphs["default"] >= 4
     assert "snapshots=1" in (tmp_path / "default" / "log.txt").read_text()  # PrevMatch used one in epoch 2
     for part in ("model", "ema"):
         for k, v in weights["off"][part].items():

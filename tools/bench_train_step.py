@@ -261,9 +261,8 @@ def bench_ours(args: argparse.Namespace) -> dict[str, Any]:
     if device.type != "cuda":
         out["baseline_rss_mb"] = round(memory.baseline_mb, 1)
     with memory.measure(out, "step"):
-        if (
-            args.compile != "off"
-        ):  # the compilation happens in the first step (and the first at each new shape)
+        # the compilation happens in the first step (and in the first at each new shape)
+        if args.compile != "off":
             out["compile_note"] = step.compile_note
             started = time.perf_counter()
             one_step()

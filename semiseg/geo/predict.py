@@ -440,6 +440,20 @@ class StripPipeline:
         if self._queue is None:
             self._handle(item)
             return
+        self._put(item)
+
+    def finish(self) -> None:
+        """Flush the last rows and wait for every strip to be written; raise the thread's error if it had one."""
+        if self._queue is None:
+            self._flush(self.grid.height)
+            return
+        self._put(self._FINISH)
+        self._wait()
+        self._raise_error()
+
+    def _put(self, item: object) -> None:
+        """Queue `item`, raising the thread's error instead of blocking forever: the thread may have stopped on an
+        error with the queue full."""
         while True:
             self._raise_error()
             try:
@@ -447,21 +461,6 @@ class StripPipeline:
                 return
             except queue.Full:
                 continue
-
-    def finish(self) -> None:
-        """Flush the last rows and wait for every strip to be written; raise the thread's error if it had one."""
-        if self._queue is None:
-            self._flush(self.grid.height)
-            return
-        while True:  # never block forever: the thread may have stopped on an error with the queue full
-            self._raise_error()
-            try:
-                self._queue.put(self._FINISH, timeout=0.1)
-                break
-            except queue.Full:
-                continue
-        self._wait()
-        self._raise_error()
 
     def close(self) -> None:
         """Stop the thread (after the strip it is writing, if any) and wait for it; safe to call twice. Called
@@ -478,9 +477,8 @@ class StripPipeline:
             try:
                 self._wait()
                 break
-            except (
-                BaseException
-            ) as exc:  # KeyboardInterrupt, a SIGTERM handler's exception: held until it ends
+            # KeyboardInterrupt, or a SIGTERM handler's exception: held until the thread has ended
+            except BaseException as exc:
                 interrupted = interrupted or exc
         self._thread = None
         if interrupted is not None:
@@ -539,9 +537,8 @@ def to_host(probs: torch.Tensor) -> HostProbs:
         return probs.cpu(), None  # a no-op on the CPU; other accelerators (mps, xpu) copy here
     host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
     host.copy_(probs, non_blocking=True)  # queued on the current stream of the tensor's device
-    event = torch.cuda.Event(
-        blocking=True
-    )  # the writer thread sleeps while it waits instead of spinning a core
+    # blocking: the writer thread sleeps while it waits for the copy instead of spinning a core
+    event = torch.cuda.Event(blocking=True)
     event.record(torch.cuda.current_stream(probs.device))  # that device's stream, whichever GPU is current
     return host, event
 
