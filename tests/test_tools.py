@@ -147,17 +147,17 @@ def test_toy_ssl_prints_a_table_per_method_and_seed(tmp_path):
 
 
 def test_bench_predict_reports_throughput_memory_and_model_time():
-    proc = run_tool("bench_predict.py", "--sizes", "300", "200", "--encoder", "tiny", "--window", "112", "--workers",
-                    "0", "--threads", "1", "--amp", "bf16")  # fmt: skip
+    proc = run_tool("bench_predict.py", "--sizes", "300", "200", "--width", "130", "--encoder", "tiny", "--window",
+                    "112", "--workers", "0", "--threads", "1", "--amp", "bf16")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-1500:]
     rows = json_lines(proc.stdout)
-    assert [r["size"] for r in rows] == [300, 200]  # each size in its own process, in the order given
-    assert rows[0]["windows"] == 16  # 112 px windows, stride 84: 4 x 4 over 300 px
+    assert [(r["size"], r["width"]) for r in rows] == [(300, 130), (200, 130)]  # own processes, in order
+    assert rows[0]["windows"] == 4 * 2  # 112 px windows, stride 84: 4 rows over 300 px, 2 columns over 130
     for row in rows:
         assert row["precision"] == "bf16" and row["writer_thread"] is True  # --amp is an alias of --precision
         assert row["total_s"] > 0 and row["model_s"] > 0
         assert row["peak_rss_mb"] > row["rss_before_predict_mb"] * 0.5
-        assert row["mpx_per_s"] == pytest.approx(row["size"] ** 2 / 1e6 / row["total_s"], rel=0.05)
+        assert row["mpx_per_s"] == pytest.approx(row["size"] * row["width"] / 1e6 / row["total_s"], rel=0.05)
         # The share of the end-to-end time outside the model: the model alone is timed apart (noise can make it
         # a little longer than inside the run), so only a bound below zero, never 1 or more.
         assert row["outside_model_fraction"] == pytest.approx(1 - row["model_s"] / row["total_s"], abs=0.02)

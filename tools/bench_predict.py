@@ -39,20 +39,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import environment, peak_rss_mb, resolve_device, rss_mb, run_workers, sync  # noqa: E402
 
 
-def write_scene(path: Path, size: int, seed: int) -> None:
-    """A smooth random RGB scene written in 512-row strips (never whole in memory)."""
+def write_scene(path: Path, size: int, seed: int, width: int | None = None) -> None:
+    """A random RGB scene `size` rows high and `width` (default `size`) wide, written in 512-row strips (never
+    whole in memory)."""
+    width = width or size
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.windows import Window
 
     rng = np.random.default_rng(seed)
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32631",
+    profile = dict(driver="GTiff", width=width, height=size, count=3, dtype="uint8", crs="EPSG:32631",
                    transform=from_origin(500000, 5000000, 0.5, 0.5), tiled=True, blockxsize=512,
                    blockysize=512, compress="deflate")  # fmt: skip
     with rasterio.open(path, "w", **profile) as ds:
         for row in range(0, size, 512):
             h = min(512, size - row)
-            ds.write(rng.integers(0, 256, (3, h, size), dtype=np.uint8), window=Window(0, row, size, h))
+            ds.write(rng.integers(0, 256, (3, h, width), dtype=np.uint8), window=Window(0, row, width, h))
 
 
 def bench_one(args: argparse.Namespace) -> dict:
@@ -69,8 +71,9 @@ def bench_one(args: argparse.Namespace) -> dict:
     predictor = make_predictor(model, device, args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        write_scene(tmp / "a.tif", args.size, 0)
-        write_scene(tmp / "b.tif", args.size, 1)
+        width = args.width or args.size
+        write_scene(tmp / "a.tif", args.size, 0, width)
+        write_scene(tmp / "b.tif", args.size, 1, width)
         base_rss = rss_mb()
         cpu_before = cpu_seconds()
         start = time.perf_counter()
@@ -82,12 +85,12 @@ def bench_one(args: argparse.Namespace) -> dict:
         total = time.perf_counter() - start
         cpu = cpu_seconds() - cpu_before
         peak = peak_rss_mb()
-    n_windows = len(make_grid(args.size, args.size, args.window, args.overlap, model.patch_size).tiles)
+    n_windows = len(make_grid(args.size, width, args.window, args.overlap, model.patch_size).tiles)
     model_s = model_only_seconds(predictor, n_windows, args.window, args.batch_size, device)
-    mp = args.size * args.size / 1e6
+    mp = args.size * width / 1e6
     cores = usable_cores()
     return {
-        "bench": "predict", "size": args.size, "encoder": args.encoder, "window": args.window,
+        "bench": "predict", "size": args.size, "width": width, "encoder": args.encoder, "window": args.window,
         "overlap": args.overlap, "batch_size": args.batch_size, "workers": args.workers,
         "precision": predictor.precision, "writer_thread": not args.sync, "windows": n_windows,
         "total_s": round(total, 3), "model_s": round(model_s, 3),
@@ -228,7 +231,15 @@ def bench_ranks(args: argparse.Namespace) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192], help="scene sides in px")
+    p.add_argument(
+        "--sizes", type=int, nargs="+", default=[2048, 8192],
+        help="scene sides in px (scene heights with --width)",
+    )  # fmt: skip
+    p.add_argument(
+        "--width", type=int, default=None,
+        help="one scene width for every size: the sizes are then heights, which shows whether memory follows "
+        "the height (it should not: only the window strip, as wide as the scene, is held)",
+    )  # fmt: skip
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--encoder", default="small")
     p.add_argument("--window", type=int, default=504)
@@ -265,7 +276,8 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(bench_ranks(args)))
     common = ["--pairs", str(args.pairs), "--encoder", args.encoder, "--window", str(args.window), "--overlap", str(args.overlap),
               "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", args.device,
-              "--precision", args.precision, "--threads", str(args.threads)] + (["--sync"] if args.sync else [])  # fmt: skip
+              "--precision", args.precision, "--threads", str(args.threads)] + (["--sync"] if args.sync else []) \
+        + (["--width", str(args.width)] if args.width else [])  # fmt: skip
     for result in run_workers(Path(__file__), [["--size", str(s)] for s in args.sizes], common):
         print(json.dumps(result))
 
