@@ -17,13 +17,8 @@ at the first step.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
-
-CompileMode = Literal["off", "default", "max-autotune"]
-COMPILE_MODES: tuple[str, ...] = ("off", "default", "max-autotune")
 
 
 def compile_problem(device: torch.device, mode: str) -> str | None:
